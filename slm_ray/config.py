@@ -1,0 +1,250 @@
+"""Typed schema of the composed Hydra config, and its validation.
+
+Hydra composes YAML; this module decides whether the result makes sense *before* any model,
+index or file is touched. Every section rejects unknown keys, so a typo is an error, not a
+silently ignored setting. Errors name the dotted key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import string
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slm_ray.errors import ConfigError
+
+ExperimentMode = Literal["no_context", "oracle_context", "retriever_context"]
+EXPERIMENT_MODES: tuple[str, ...] = ("no_context", "oracle_context", "retriever_context")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors; ``_target_`` is read as ``target``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ModelConfig(Section):
+    """How to load a generator and how it decodes."""
+
+    target: str | None = Field(default=None, alias="_target_")
+    name: str
+    backend: Literal["hf", "vllm"] = "hf"
+    source: Literal["hub", "local", "gguf_package", "tiny"] = "hub"
+    path: str
+    gguf_file: str | None = None
+    architecture: Literal["llama", "qwen3"] | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    max_prompt_tokens: int = Field(default=2048, ge=64)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    load_in_8bit: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    stop: tuple[str, ...] = ("\n",)
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    cleanup_every: int = Field(default=100, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(default=None, ge=64)
+    num_gpus: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> "ModelConfig":
+        if self.source == "gguf_package" and not self.gguf_file:
+            raise ValueError("source=gguf_package needs gguf_file (the .gguf file name in the package)")
+        if self.source == "tiny" and self.architecture is None:
+            raise ValueError("source=tiny needs architecture (llama or qwen3)")
+        return self
+
+
+class DatasetConfig(Section):
+    """Where the questions come from. ``fields`` maps a user file's columns to ours."""
+
+    target: str = Field(alias="_target_")
+    name: str
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    fields: dict[str, str] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    sample: bool = False
+    seed: int = 0
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = {"id", "question", "answers", "context", "title"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown field name {unknown[0]!r} (valid: {', '.join(sorted(allowed))})")
+        return value
+
+
+class CorpusConfig(Section):
+    """The passages a retriever searches: the built-in NQ corpus or a user's file."""
+
+    name: str
+    path: str
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
+class BM25Config(Section):
+    """bm25s over stemmed, stopword-filtered tokens."""
+
+    target: str = Field(default="slm_ray.retrieval.bm25.BM25Retriever", alias="_target_")
+    type: Literal["bm25"] = "bm25"
+    name: str = "bm25"
+    k: int = Field(default=5, ge=1, le=100)
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+    k1: float = Field(default=1.5, gt=0)
+    b: float = Field(default=0.75, ge=0, le=1)
+
+
+class DenseConfig(Section):
+    """FAISS over normalised sentence embeddings (inner product = cosine)."""
+
+    target: str = Field(default="slm_ray.retrieval.dense.DenseRetriever", alias="_target_")
+    type: Literal["dense"] = "dense"
+    name: str = "dense"
+    k: int = Field(default=5, ge=1, le=100)
+    encoder: str = "builtin:all-MiniLM-L6-v2"
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: int = Field(default=64, ge=1)
+    nprobe: int = Field(default=8, ge=1)
+    hnsw_m: int = Field(default=32, ge=4)
+    encode_batch_size: int = Field(default=64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+RetrieverConfig = Annotated[Union[BM25Config, DenseConfig], Field(discriminator="type")]
+
+
+class PromptConfig(Section):
+    """Prompt templates; the model's chat template wraps the rendered user message."""
+
+    name: str
+    system: str | None = None
+    closed_book: str
+    with_context: str
+    passage: str = "Title: {title}\n{text}"
+    passage_separator: str = "\n\n"
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> "PromptConfig":
+        for key, allowed in (
+            ("closed_book", {"question"}),
+            ("with_context", {"question", "context"}),
+            ("passage", {"title", "text", "index"}),
+        ):
+            template = getattr(self, key)
+            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            unknown = sorted(names - allowed)
+            if unknown:
+                raise ValueError(
+                    f"{key} has unknown placeholder {{{unknown[0]}}} (valid: "
+                    + ", ".join("{" + a + "}" for a in sorted(allowed)) + ")"
+                )
+            if "question" in allowed and "question" not in names:
+                raise ValueError(f"{key} must contain {{question}}")
+        return self
+
+
+class TrackerConfig(Section):
+    """Where metrics stream to. ``offline: auto`` means offline unless credentials are found."""
+
+    type: Literal["clearml", "none"]
+    project: str = "slm-ray"
+    tags: tuple[str, ...] = ()
+    offline: Literal["auto", "true", "false"] | bool = "auto"
+
+
+class ExperimentSection(Section):
+    """Run identity and bookkeeping."""
+
+    name: str | None = None
+    output_dir: str = "outputs"
+    cache_dir: str = ".cache"
+    seed: int = 0
+    bootstrap_resamples: int = Field(default=1000, ge=10)
+    memory_interval_s: float = Field(default=0.5, gt=0.0)
+    retrieval_batch_size: int = Field(default=256, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not SAFE_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a safe folder name (letters, digits and . _ = + - only, "
+                "no slashes or leading dot)"
+            )
+        return value
+
+
+class ExperimentConfig(Section):
+    """One experiment: one model, one dataset, one mode (and a retriever in retriever_context)."""
+
+    experiment_mode: ExperimentMode
+    model: ModelConfig
+    dataset: DatasetConfig
+    corpus: CorpusConfig
+    retriever: RetrieverConfig
+    prompt: PromptConfig
+    tracker: TrackerConfig
+    experiment: ExperimentSection
+
+    @property
+    def run_name(self) -> str:
+        """``experiment.name``, or a name built from what distinguishes this run."""
+        if self.experiment.name:
+            return self.experiment.name
+        parts = [self.model.name, self.dataset.name, self.experiment_mode]
+        if self.experiment_mode == "retriever_context":
+            parts.append(f"{self.retriever.name}-k{self.retriever.k}")
+        return "_".join(parts)
+
+
+def import_object(dotted: str) -> Any:
+    """Import ``pkg.module.Name`` (or ``pkg.module:Name``); a clear error when it is not there."""
+    module_name, _, attr = dotted.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"_target_={dotted!r} cannot be imported: {exc}") from None
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    """The first problem of a pydantic error as ``key=value: what is wrong``."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("bm25", "dense"))]
+    key = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    if err["type"] == "missing":
+        return f"missing config key {key!r}"
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return f"{key}={value!r}: {message}"
+    return f"{key}: {message}"
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Turn a composed config (plain dict) into a checked ``ExperimentConfig`` or raise ConfigError."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    dataset_cls = import_object(cfg.dataset.target)
+    if cfg.experiment_mode == "oracle_context" and not dataset_cls.supports_oracle(cfg.dataset):
+        raise ConfigError(
+            f"experiment_mode=oracle_context needs gold passages, which dataset={cfg.dataset.name} "
+            "does not have (valid modes for it: no_context, retriever_context)"
+        )
+    return cfg

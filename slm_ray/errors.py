@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Anything raised as a ``SlmRayError`` is a mistake the user can fix (a bad config value, a missing
+file, an unreachable bucket). Entry points print it as one line and exit with code 2; every other
+exception is a bug and keeps its traceback.
+"""
+
+
+class SlmRayError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+
+class ConfigError(SlmRayError):
+    """The composed configuration is invalid: names the key, the bad value and what is valid."""
+
+
+class DataError(SlmRayError):
+    """A dataset or corpus file is missing, empty or malformed."""
+
+
+class StorageError(DataError):
+    """A remote file (s3://) could not be fetched or verified."""

@@ -1,0 +1,152 @@
+"""Hugging Face transformers backend with a lean batched decode loop.
+
+Short QA answers make the usual ``generate`` loop wasteful: a batch keeps decoding padded rows
+until its longest answer ends. Here prompts are sorted by length (little padding), rows that hit
+EOS or a stop string leave the batch and the KV cache at once, and only the last position's
+logits are computed. Greedy at temperature 0; seeded sampling otherwise.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
+
+log = logging.getLogger("slm_ray.generation")
+
+
+class HFGenerator(BaseModel):
+    """A causal LM from transformers, on CPU or one GPU."""
+
+    def __init__(self, config: Any, cache_dir: str | Path = ".cache"):
+        super().__init__(config)
+        import torch
+
+        from slm_ray.generation.sources import load_tokenizer_and_model
+
+        started = time.perf_counter()
+        self.tokenizer, self.model, self.device = load_tokenizer_and_model(config, cache_dir)
+        self.load_seconds = time.perf_counter() - started
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = self._eos_ids()
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._sampler = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._since_cleanup = 0
+        log.info("loaded %s on %s in %.1fs", config.name, self.device, self.load_seconds)
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        generation_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+        return {i for i in ids if i is not None}
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **self.config.chat_template_kwargs)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max(max_tokens, 0)])
+
+    def generate_batches(self, prompts: Sequence[str]) -> Iterator[tuple[list[int], list[Generation]]]:
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start:start + size]
+            yield batch, self._generate([encoded[i] for i in batch])
+            self._since_cleanup += len(batch)
+            if self._since_cleanup >= self.config.cleanup_every:
+                self.cleanup()
+
+    def cleanup(self) -> None:
+        """Free what long runs accumulate: Python garbage and the CUDA caching allocator's blocks."""
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        self._since_cleanup = 0
+
+    def _generate(self, rows: list[list[int]]) -> list[Generation]:
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        active = list(range(len(rows)))  # original row of each row still in the batch
+        generated: list[list[int]] = [[] for _ in rows]
+        cache = None
+        with torch.inference_mode():
+            for _ in range(self.config.max_new_tokens):
+                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+                cache = getattr(out, self._cache_kwarg, None) or out.past_key_values
+                next_tokens = self._pick(out.logits[:, -1, :]).tolist()
+                keep = []
+                for slot, token in enumerate(next_tokens):
+                    row = active[slot]
+                    if token in self.eos_ids:
+                        continue
+                    generated[row].append(token)
+                    if not self._hit_stop(generated[row]):
+                        keep.append(slot)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask, positions = mask[index], positions[index]
+                    next_tokens = [next_tokens[s] for s in keep]
+                    active = [active[s] for s in keep]
+                input_ids = torch.tensor(next_tokens, device=self.device).unsqueeze(-1)
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+                positions = positions[:, -1:] + 1
+        return [
+            Generation(cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), self.config.stop),
+                       prompt_tokens=len(rows[i]), generated_tokens=len(tokens))
+            for i, tokens in enumerate(generated)
+        ]
+
+    def _hit_stop(self, tokens: list[int]) -> bool:
+        if not self.config.stop:
+            return False
+        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+        return any(s in tail for s in self.config.stop)
+
+    def _pick(self, logits: Any) -> Any:
+        """Greedy at temperature 0; otherwise nucleus sampling from the seeded generator."""
+        import torch
+
+        if self.config.temperature == 0.0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / self.config.temperature, dim=-1)
+        if self.config.top_p < 1.0:
+            sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > self.config.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, sorted_ids, sorted_probs)
+        return torch.multinomial(probs, 1, generator=self._sampler).squeeze(-1)
+
+    def describe(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.model.parameters())
+        return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "parameters": params, "source": self.config.source, "path": self.config.path,
+                "load_in_8bit": self.config.load_in_8bit,
+                "attn_implementation": getattr(self.model.config, "_attn_implementation", None)}
+
+    def close(self) -> None:
+        del self.model
+        self.cleanup()

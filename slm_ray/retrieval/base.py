@@ -1,0 +1,110 @@
+"""The retriever interface and the on-disk index cache every retriever shares.
+
+An index is built once per (corpus content, retriever settings that shape the index) and kept
+under ``<cache_dir>/indexes/``; ``k`` is a query-time setting and does not change the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slm_ray.data.base import Passage
+from slm_ray.data.corpus import corpus_fingerprint
+from slm_ray.io import atomic_folder, atomic_write_json
+
+log = logging.getLogger("slm_ray.retrieval")
+
+#: Settings that change how queries run but not what the index holds.
+QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "encode_batch_size", "device"})
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    passage: Passage
+    score: float
+
+
+def passage_text(passage: Passage) -> str:
+    """What gets indexed: the title helps both BM25 and embeddings find the right article."""
+    return f"{passage.title}\n{passage.text}" if passage.title else passage.text
+
+
+class BaseRetriever(ABC):
+    """Search over a fixed list of passages. Subclasses implement build/save/load/search."""
+
+    def __init__(self, config: Any, passages: list[Passage]):
+        self.config = config
+        self.passages = passages
+
+    @abstractmethod
+    def build(self) -> None:
+        """Index ``self.passages`` from scratch."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write the index into an existing, empty folder."""
+
+    @abstractmethod
+    def load(self, folder: Path) -> None:
+        """Read an index written by ``save``."""
+
+    @abstractmethod
+    def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """For each query, up to ``k`` (passage index, score) pairs, best first."""
+
+    def retrieve(self, queries: list[str], k: int | None = None) -> list[list[RetrievedPassage]]:
+        """Top-``k`` passages for each query (``k`` defaults to the configured one)."""
+        k = min(k or self.config.k, len(self.passages))
+        return [
+            [RetrievedPassage(self.passages[i], float(score)) for i, score in hits]
+            for hits in self.search(queries, k)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the index for results.json (subclasses add theirs)."""
+        return {"type": self.config.type, "n_passages": len(self.passages)}
+
+
+def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
+    """Folder name of the cached index: retriever type plus a hash of corpus and index settings."""
+    settings = {k: v for k, v in retriever_cfg.model_dump().items() if k not in QUERY_TIME_KEYS}
+    blob = json.dumps({"settings": settings, "corpus": corpus_fingerprint(passages)}, sort_keys=True)
+    return f"{retriever_cfg.type}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path) -> tuple[BaseRetriever, bool]:
+    """A ready retriever, loaded from the cache when possible. Returns (retriever, built_now).
+
+    A new index is written to a staging folder and renamed into place, so an interrupted build
+    never leaves a half-written index that a later run would trust.
+    """
+    from slm_ray.config import import_object
+
+    retriever = import_object(retriever_cfg.target)(retriever_cfg, passages)
+    folder = Path(cache_dir) / "indexes" / index_key(retriever_cfg, passages)
+    if (folder / "meta.json").is_file():
+        try:
+            started = time.perf_counter()
+            retriever.load(folder)
+            log.info("loaded %s index from %s in %.2fs", retriever_cfg.type, folder, time.perf_counter() - started)
+            return retriever, False
+        except Exception as exc:  # a corrupt or foreign index is rebuilt, not trusted
+            log.warning("cached index %s is unreadable (%s); rebuilding", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    retriever.build()
+    log.info("built %s index over %d passages in %.1fs", retriever_cfg.type, len(passages), time.perf_counter() - started)
+    with atomic_folder(folder) as staging:
+        retriever.save(staging)
+        meta = {"config": retriever_cfg.model_dump(), "n_passages": len(passages),
+                "corpus": corpus_fingerprint(passages), "built_s": round(time.perf_counter() - started, 3)}
+        atomic_write_json(staging / "meta.json", meta)
+    return retriever, True

