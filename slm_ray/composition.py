@@ -20,7 +20,7 @@ GROUPS: tuple[str, ...] = ("model", "dataset", "corpus", "retriever", "prompt", 
 
 def group_options(group: str) -> list[str]:
     """The choices of a config group: the YAML files in ``conf/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _explain(exc: Exception, overrides: Sequence[str]) -> str:
@@ -52,12 +52,15 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
-        raw = OmegaConf.to_container(cfg, resolve=True)
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", "") or "a key"
+        raise ConfigError(f"missing value for {key} (set it on the command line: {key}=...)") from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
     assert isinstance(raw, dict)

@@ -70,14 +70,14 @@ class DatasetConfig(Section):
     name: str
     path: str
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, str | None] = Field(default_factory=dict)
     limit: int | None = Field(default=None, ge=1)
     sample: bool = False
     seed: int = 0
 
     @field_validator("fields")
     @classmethod
-    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+    def _known_fields(cls, value: dict[str, str | None]) -> dict[str, str | None]:
         allowed = {"id", "question", "answers", "context", "title"}
         unknown = sorted(set(value) - allowed)
         if unknown:

@@ -61,3 +61,29 @@ def s3_bucket(s3_client: Any) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+# --- experiments: a composed config pointed at tmp_path -------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session: indexes, the tiny tokenizer and the dequantised SmolLM2 are built once."""
+    return Path(os.environ.get("SLM_RAY_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    """Compose the real config with overrides, outputs under tmp_path, no tracker unless asked."""
+    from slm_ray.composition import compose_config
+
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
+
+    def _make(*overrides: str):
+        base = [f"experiment.output_dir={tmp_path / 'outputs'}", f"experiment.cache_dir={shared_cache}",
+                "tracker=none", "experiment.bootstrap_resamples=200", "experiment.memory_interval_s=0.05"]
+        return compose_config([*base, *overrides])
+
+    return _make

@@ -46,10 +46,8 @@ def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
     if fields["text"] not in first and "contents" in first:  # DPR/FlashRAG layout
         return [Passage(str(r.get("id", i)), *reversed(_split_dpr_contents(r["contents"]))) for i, r in enumerate(records)]
     require_columns(path, first, {"text": fields["text"]})
-    has_id, has_title = fields["id"] in first, fields["title"] in first
     passages = [
-        Passage(id=str(r[fields["id"]]) if has_id else str(i), text=str(r[fields["text"]]),
-                title=str(r[fields["title"]]) if has_title else "")
+        Passage(id=str(r.get(fields["id"], i)), text=str(r[fields["text"]]), title=str(r.get(fields["title"]) or ""))
         for i, r in enumerate(records)
     ]
     if not any(p.text.strip() for p in passages):

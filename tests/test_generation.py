@@ -1,0 +1,113 @@
+"""The HF generator on the tiny real-architecture models: prompts, batching, stopping, decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slm_ray.data.base import Passage
+from slm_ray.experiment import build_generator
+from slm_ray.generation.base import cut_at_stop
+from slm_ray.generation.prompts import build_prompt
+
+QUESTIONS = ["who got the first nobel prize in physics", "when is the next deadpool movie being released",
+             "what does hp mean in war and order", "who wrote the first declaration of human rights",
+             "where does the south west wind blow across nigeria", "how many episodes are in chicago fire season 4",
+             "who sings love will keep us alive by the eagles"]
+
+
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_qwen3"])
+def tiny(request, tmp_path_factory, shared_cache):
+    from slm_ray.composition import compose_config
+
+    cfg = compose_config([f"model={request.param}", f"experiment.cache_dir={shared_cache}", "model.max_new_tokens=12",
+                          "model.stop=[]", "model.batch_size=3"])
+    return cfg, build_generator(cfg)
+
+
+def _reference(generator, prompt: str, max_new_tokens: int) -> str:
+    """transformers' own greedy generate on one unpadded prompt: the answer we must reproduce."""
+    ids = generator.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    out = generator.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=generator.tokenizer.pad_token_id)
+    return generator.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_batched_answers_equal_unbatched_greedy_generate(tiny) -> None:
+    cfg, generator = tiny
+    prompts = [build_prompt(q, None, cfg.prompt, generator, cfg.model.max_prompt_tokens)[0] for q in QUESTIONS]
+    answers: dict[int, str] = {}
+    batches = list(generator.generate_batches(prompts))
+    for indices, generations in batches:
+        answers.update({i: g.text for i, g in zip(indices, generations)})
+    assert sorted(answers) == list(range(len(prompts)))
+    assert [len(ix) for ix, _ in batches] == [3, 3, 1]
+    for i, prompt in enumerate(prompts):
+        assert answers[i] == _reference(generator, prompt, cfg.model.max_new_tokens), i
+
+
+def test_chat_template_and_thinking_switch(tiny) -> None:
+    cfg, generator = tiny
+    prompt = build_prompt("q?", None, cfg.prompt, generator, 512)[0]
+    assert prompt.startswith("<|im_start|>system\n" + cfg.prompt.system)
+    assert prompt.endswith("<think>\n\n</think>\n\n") == (cfg.model.name == "tiny_qwen3")
+
+
+def test_long_context_is_truncated_but_the_question_stays(tiny) -> None:
+    cfg, generator = tiny
+    passages = [Passage("p", "word " * 3000, "Long")]
+    prompt, truncated = build_prompt("the question that must survive", passages, cfg.prompt, generator, 300)
+    assert truncated and generator.count_tokens(prompt) <= 300
+    assert "Question: the question that must survive" in prompt
+    short, was_truncated = build_prompt("q", [Passage("p", "short text", "T")], cfg.prompt, generator, 300)
+    assert not was_truncated and "Title: T\nshort text" in short
+
+
+def test_stop_strings_cut_the_answer() -> None:
+    assert cut_at_stop(" Paris\nThe capital", ["\n"]) == "Paris"
+    assert cut_at_stop("a. b### c", ["###", "."]) == "a"
+    assert cut_at_stop(" no stop ", []) == "no stop"
+
+
+def test_sampling_is_seeded(shared_cache) -> None:
+    from slm_ray.composition import compose_config
+
+    def answers(seed: int) -> list[str]:
+        cfg = compose_config(["model=tiny_llama", f"experiment.cache_dir={shared_cache}", "model.temperature=1.0",
+                              "model.top_p=0.9", f"model.seed={seed}", "model.stop=[]"])
+        generator = build_generator(cfg)
+        prompts = [generator.render([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+        return [g.text for _, gens in generator.generate_batches(prompts) for g in gens]
+
+    assert answers(1) == answers(1)
+    assert answers(1) != answers(2)
+
+
+def test_8bit_loading_of_a_saved_model(tiny, tmp_path, shared_cache) -> None:
+    """bitsandbytes int8 weights (works on CPU with bitsandbytes >= 0.45) through source=local."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from slm_ray.composition import compose_config
+
+    cfg, generator = tiny
+    generator.model.save_pretrained(tmp_path / "m")
+    generator.tokenizer.save_pretrained(tmp_path / "m")
+    cfg8 = compose_config([f"model={cfg.model.name}", "model.source=local", f"model.path={tmp_path / 'm'}",
+                           "model.load_in_8bit=true", f"experiment.cache_dir={shared_cache}", "model.max_new_tokens=4"])
+    quantised = build_generator(cfg8)
+    assert any(type(m).__name__ == "Linear8bitLt" for m in quantised.model.modules())
+    assert quantised.describe()["load_in_8bit"] is True
+    [(_, generations)] = list(quantised.generate_batches([quantised.render([{"role": "user", "content": "hi"}])]))
+    assert generations[0].generated_tokens >= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_and_flash_attention_refused_without_a_gpu(shared_cache) -> None:
+    from slm_ray.composition import compose_config
+    from slm_ray.errors import ConfigError
+    from slm_ray.generation.sources import resolve_attention, resolve_device
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="flash_attention_2"):
+        resolve_attention("flash_attention_2", "cpu")
+    assert resolve_attention("auto", "cpu") == "sdpa"
