@@ -67,6 +67,24 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
     return raw
 
 
+def expand_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra's sweep syntax (``key=a,b,c``) expanded into one override list per combination."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ConfigError(_explain(exc, overrides)) from None
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
 def compose_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Compose and validate: the one way entry points and tests get an ``ExperimentConfig``."""
     return validate_config(compose_raw(overrides))

@@ -41,6 +41,8 @@ class Retriever(Protocol):
 
 
 ProgressCallback = Callable[[dict[str, float]], None]
+#: A loaded generator, or a function that returns one for a config (called only if there is work).
+GeneratorSource = BaseModel | Callable[[ExperimentConfig], BaseModel] | None
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
@@ -154,8 +156,9 @@ def versions() -> dict[str, str]:
 
 
 def _prediction_row(example: QAExample, passages: list[Passage] | None, text: str, generation: Any,
-                    truncated: bool) -> dict[str, Any]:
-    texts = None if passages is None else [f"{p.title}\n{p.text}" for p in passages]
+                    truncated: bool, retrieved: bool) -> dict[str, Any]:
+    """One line of predictions.jsonl; recall@k is scored only for retrieved passages."""
+    texts = [f"{p.title}\n{p.text}" for p in passages] if retrieved and passages is not None else None
     return {
         "id": example.id,
         "question": example.question,
@@ -175,12 +178,13 @@ def _running(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(r["metrics"][k] for r in rows) / len(rows) for k in keys}
 
 
-def run_experiment(cfg: ExperimentConfig, *, generator: BaseModel | None = None, retriever: Retriever | None = None,
+def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, retriever: Retriever | None = None,
                    progress: ProgressCallback | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one experiment and return its results.json content.
 
     ``generator``/``retriever`` are borrowed when given (kept loaded by the caller) and built here
-    otherwise. ``progress`` receives running metrics after every batch.
+    otherwise; ``generator`` may be a function of the config, called only when there is work left.
+    ``progress`` receives running metrics after every batch.
     """
     out = output_dir(cfg)
     examples = build_dataset(cfg)
@@ -193,7 +197,7 @@ def run_experiment(cfg: ExperimentConfig, *, generator: BaseModel | None = None,
         raise
 
 
-def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator: BaseModel | None,
+def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator: GeneratorSource,
          retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -201,7 +205,6 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
     predictions_path = out / PREDICTIONS
     done = {r["id"]: r for r in read_predictions(predictions_path)}
     pending = [e for e in examples if e.id not in done]
-    log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(done))
     monitor = MemoryMonitor(interval_s=cfg.experiment.memory_interval_s).start()
     timing: dict[str, float] = {"generation_seconds": 0.0, "generated_examples": 0, "generated_tokens": 0}
     retriever_info, model_info, rows = None, _previous_model_info(out), done
@@ -219,13 +222,14 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
             timing["retrieval_seconds"] = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)
         stack.enter_context(log_to_file(out / "run.log"))
+        log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(done))
         atomic_write_json(out / "config.json", mask_secrets(cfg.model_dump(by_alias=True)))
         _rewrite_clean(predictions_path, list(done.values()))
         tracker = build_tracker(cfg.tracker, cfg.run_name, _tags(cfg))
         tracker.log_params(mask_secrets(cfg.model_dump(by_alias=True)))
         if pending:
             with monitor.phase("model"):
-                generator = generator or build_generator(cfg)
+                generator = generator(cfg) if callable(generator) else generator or build_generator(cfg)
                 bar = tqdm(total=len(examples), initial=len(done), desc=cfg.run_name, unit="q",
                            disable=not show_progress)
                 rows = _generate(cfg, generator, pending, contexts, predictions_path, done, timing, tracker,
@@ -265,12 +269,17 @@ def log_to_file(path: Path) -> Iterator[None]:
     """Copy slm_ray's log records into the run folder's run.log while the run lasts."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("slm_ray")
-    root.addHandler(handler)
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("slm_ray")
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
         handler.close()
 
 
@@ -292,11 +301,12 @@ def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExamp
     built = [build_prompt(e.question, c, cfg.prompt, generator, cfg.model.max_prompt_tokens)
              for e, c in zip(pending, contexts)]
     rows = dict(done)
+    retrieved = cfg.experiment_mode == "retriever_context"
     last_logged = 0
     started = time.perf_counter()
     with open(predictions_path, "a", encoding="utf-8") as handle, bar:
         for indices, generations in generator.generate_batches([p for p, _ in built]):
-            batch_rows = [_prediction_row(pending[i], contexts[i], g.text, g, built[i][1])
+            batch_rows = [_prediction_row(pending[i], contexts[i], g.text, g, built[i][1], retrieved)
                           for i, g in zip(indices, generations)]
             handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch_rows))
             handle.flush()

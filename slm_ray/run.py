@@ -1,12 +1,14 @@
-"""Run one experiment.
+"""Run one experiment, or a few in a row with Hydra's sweep syntax (``key=a,b``).
 
     python -m slm_ray.run                                   # SmolLM2-135M (packaged), NQ, closed book
     python -m slm_ray.run experiment_mode=oracle_context dataset.limit=200
+    python -m slm_ray.run experiment_mode=no_context,oracle_context,retriever_context dataset.limit=200
     python -m slm_ray.run model=qwen3_0.6b dataset=simpleqa experiment_mode=retriever_context retriever=dense
     python -m slm_ray.run --cfg model=tiny_llama            # print the composed config and exit
 
-Arguments are Hydra overrides (``group=option``, ``key=value``). Results go to
-``outputs/<experiment.name>/``: results.json, predictions.jsonl, memory_usage.json, config.json, run.log.
+Arguments are Hydra overrides (``group=option``, ``key=value``; ``key=a,b`` runs each value in turn,
+loading the model once). Results go to ``outputs/<experiment.name>/``: results.json,
+predictions.jsonl, memory_usage.json, config.json, run.log. For grids on Ray use ``slm_ray.sweep``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,28 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from slm_ray.cli import run_cli
+
+log = logging.getLogger("slm_ray")
+
+
+class KeepLoaded:
+    """Hands out a generator for a config, loading a model only when it differs from the last one."""
+
+    def __init__(self) -> None:
+        self.generator: Any = None
+
+    def __call__(self, cfg: Any) -> Any:
+        from slm_ray.experiment import build_generator
+
+        if self.generator is not None and self.generator.config != cfg.model:
+            self.generator.close()
+            self.generator = None
+        if self.generator is None:
+            self.generator = build_generator(cfg)
+        return self.generator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,22 +45,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(overrides: list[str], print_config: bool) -> int:
-    from slm_ray.composition import compose_config
+    from slm_ray.composition import compose_config, expand_overrides
     from slm_ray.data.storage import load_env_file
 
     load_env_file()
-    cfg = compose_config(overrides)
+    configs = [compose_config(combo) for combo in expand_overrides(overrides)]  # all checked before any runs
     if print_config:
-        print(json.dumps(cfg.model_dump(by_alias=True), indent=2))
+        print(json.dumps([c.model_dump(by_alias=True) for c in configs] if len(configs) > 1
+                         else configs[0].model_dump(by_alias=True), indent=2))
         return 0
+    if len({c.run_name for c in configs}) < len(configs):
+        from slm_ray.errors import ConfigError
+
+        raise ConfigError("the combinations share one experiment.name; drop experiment.name to get one per run")
     from slm_ray.experiment import output_dir, run_experiment
 
-    results = run_experiment(cfg)
-    log = logging.getLogger("slm_ray")
-    metrics = results["metrics"]
-    summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in metrics.items())
-    log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
-    print(f"results: {output_dir(cfg) / 'results.json'}")
+    keep_loaded = KeepLoaded()
+    for cfg in configs:
+        results = run_experiment(cfg, generator=keep_loaded)
+        metrics = results["metrics"]
+        summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in metrics.items())
+        log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
+        print(f"results: {output_dir(cfg) / 'results.json'}")
     return 0
 
 

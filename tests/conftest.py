@@ -10,6 +10,11 @@ from typing import Any
 
 import pytest
 
+# Nothing is fetched from a model hub in tests; local Ray clusters run without token auth.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 # --- S3: a real S3 endpoint (moto's server on localhost) for slm_ray.data.storage -----------------
 
 S3_TEST_KEY = "testing"  # fake credentials: moto accepts any, and a real endpoint would refuse them
@@ -87,3 +92,69 @@ def make_config(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPa
         return compose_config([*base, *overrides])
 
     return _make
+
+
+# --- Sweeps: local Ray, a simulated two-node GPU cluster, a small corpus (tests/test_sweep*.py) ---
+
+
+@pytest.fixture
+def sweep_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Ray without token auth (local test clusters), ClearML offline in a temporary cache, and a
+    temporary working directory: returns it. Relative sweep outputs land there."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "no-clearml.conf"))
+    for name in ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def sweep_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder (tiny tokenizer, small indexes) shared by the sweep tests of a session."""
+    return tmp_path_factory.mktemp("sweep-cache")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JSONL corpus of 80 passages: the gold passages of the first 40 NQ questions and 40 Wikipedia
+    distractors. A dense index over it builds in seconds on two CPU cores."""
+    import itertools
+    import json
+
+    from slm_ray.data.builtin import NQ_OPEN_ORACLE, WIKI_DISTRACTORS
+    from slm_ray.data.corpus import _split_dpr_contents
+    from slm_ray.data.files import iter_jsonl
+
+    rows = []
+    for i, record in enumerate(itertools.islice(iter_jsonl(NQ_OPEN_ORACLE), 40)):
+        ctx = record["ctxs"][0]
+        rows.append({"id": f"gold-{i}", "title": ctx.get("title", ""), "text": ctx["text"]})
+    for record in itertools.islice(iter_jsonl(WIKI_DISTRACTORS), 40):
+        title, text = _split_dpr_contents(record["contents"])
+        rows.append({"id": f"wiki-{record['id']}", "title": title, "text": text})
+    path = tmp_path_factory.mktemp("corpus") / "small_corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[Any]:
+    """A real Ray cluster of two nodes on this machine, each declaring 2 CPUs and 1 GPU (the GPUs
+    are only logical: trials ask for GPU shares and run on CPU). The test process is connected."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+        cluster.add_node(num_cpus=2, num_gpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()

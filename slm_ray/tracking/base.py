@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-SECRET_KEY = re.compile(r"(secret|password|token|access_key|api_key|credential)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(?:^|_)(secret|password|token|access_key|api_key|credentials?)(?:$|_)", re.IGNORECASE)
 MASK = "***"
 
 
