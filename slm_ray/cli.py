@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -14,6 +15,10 @@ def setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "faiss.loader", "sentence_transformers", "clearml", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cli(body: Callable[[list[str], bool], int], doc: str, argv: Sequence[str] | None) -> int:
@@ -33,6 +38,7 @@ def run_cli(body: Callable[[list[str], bool], int], doc: str, argv: Sequence[str
               file=sys.stderr)
         return USAGE_EXIT
     setup_logging(debug)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: finished batches stay saved
     try:
         return body(overrides, print_config)
     except SlmRayError as exc:
@@ -41,5 +47,5 @@ def run_cli(body: Callable[[list[str], bool], int], doc: str, argv: Sequence[str
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
-        print("interrupted: predictions so far are saved; run the same command again to resume", file=sys.stderr)
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130

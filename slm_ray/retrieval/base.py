@@ -62,6 +62,8 @@ class BaseRetriever(ABC):
 
     def retrieve(self, queries: list[str], k: int | None = None) -> list[list[RetrievedPassage]]:
         """Top-``k`` passages for each query (``k`` defaults to the configured one)."""
+        if not queries:
+            return []
         k = min(k or self.config.k, len(self.passages))
         return [
             [RetrievedPassage(self.passages[i], float(score)) for i, score in hits]

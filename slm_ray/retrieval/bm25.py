@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from slm_ray.retrieval.base import BaseRetriever, passage_text
+
+
+def _bm25s() -> Any:
+    """bm25s, imported on first use; its import sets its own logger to DEBUG, so quiet it again."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 class BM25Retriever(BaseRetriever):
@@ -17,8 +26,7 @@ class BM25Retriever(BaseRetriever):
         self._stemmer = None
 
     def _tokenize(self, texts: list[str]):
-        import bm25s
-
+        bm25s = _bm25s()
         if self._stemmer is None and self.config.stemmer:
             import Stemmer
 
@@ -26,18 +34,14 @@ class BM25Retriever(BaseRetriever):
         return bm25s.tokenize(texts, stopwords=self.config.stopwords, stemmer=self._stemmer, show_progress=False)
 
     def build(self) -> None:
-        import bm25s
-
-        self._model = bm25s.BM25(k1=self.config.k1, b=self.config.b)
+        self._model = _bm25s().BM25(k1=self.config.k1, b=self.config.b)
         self._model.index(self._tokenize([passage_text(p) for p in self.passages]), show_progress=False)
 
     def save(self, folder: Path) -> None:
         self._model.save(str(folder))
 
     def load(self, folder: Path) -> None:
-        import bm25s
-
-        self._model = bm25s.BM25.load(str(folder))
+        self._model = _bm25s().BM25.load(str(folder))
         if self._model.scores["num_docs"] != len(self.passages):
             raise ValueError(f"index holds {self._model.scores['num_docs']} documents, corpus has {len(self.passages)}")
 

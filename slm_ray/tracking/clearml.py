@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,9 +41,14 @@ class ClearMLTracker(Tracker):
         Task._report_subprocess_enabled = False
         self.offline = resolve_offline(offline)
         Task.set_offline(self.offline)
+        # ClearML hooks SIGTERM/SIGINT and then does not exit on SIGTERM: keep the process's own handlers.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.task = Task.init(project_name=project, task_name=task_name, tags=list(tags), reuse_last_task_id=False,
                               auto_connect_frameworks=False, auto_connect_arg_parser=False,
                               auto_resource_monitoring=False, auto_connect_streams=False)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         self.logger = self.task.get_logger()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
