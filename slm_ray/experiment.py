@@ -188,13 +188,23 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
     """
     out = output_dir(cfg)
     examples = build_dataset(cfg)
-    created = not out.exists()
+    new_root = _first_missing_folder(out)
     try:
         return _run(cfg, out, examples, generator, retriever, progress, show_progress)
     except SlmRayError:
-        if created and not (out / PREDICTIONS).is_file():
-            shutil.rmtree(out, ignore_errors=True)  # a refused run leaves nothing behind
+        if new_root is not None and not (out / PREDICTIONS).is_file():
+            shutil.rmtree(new_root, ignore_errors=True)  # a refused run leaves nothing behind
         raise
+
+
+def _first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what this run would create)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator: GeneratorSource,
