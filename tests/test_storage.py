@@ -185,11 +185,45 @@ def test_download_cut_midway_leaves_no_partial_file(s3_client, s3_bucket, cache,
         raise ResponseStreamingError(error="connection reset by peer")
 
     monkeypatch.setattr(storage, "_fetch", cut_fetch)
-    with pytest.raises(StorageError, match=f"download of s3://{s3_bucket}/dev.jsonl from .* failed"):
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    with pytest.raises(StorageError, match=f"download of s3://{s3_bucket}/dev.jsonl kept failing .* after 3 attempts"):
         resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache)
     assert files_under(cache) == []
 
     monkeypatch.setattr(storage, "_fetch", real_fetch)  # a later real download is not confused
+    assert resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache).read_bytes() == JSONL
+
+
+def test_a_download_cut_once_is_retried_and_completes(s3_client, s3_bucket, cache, monkeypatch):
+    s3_client.put_object(Bucket=s3_bucket, Key="dev.jsonl", Body=JSONL)
+    real_fetch, calls = storage._fetch, []
+
+    def flaky_fetch(client: Any, obj: Any, etag: str, size: int, out: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            out.write(JSONL[:20])
+            raise ResponseStreamingError(error="connection reset by peer")
+        real_fetch(client, obj, etag, size, out)
+
+    monkeypatch.setattr(storage, "_fetch", flaky_fetch)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    assert resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache).read_bytes() == JSONL
+    assert len(calls) == 2
+
+
+def test_bytes_that_do_not_match_the_etag_are_refused(s3_client, s3_bucket, cache, monkeypatch):
+    s3_client.put_object(Bucket=s3_bucket, Key="dev.jsonl", Body=JSONL)
+    corrupt = bytes([JSONL[0] ^ 1]) + JSONL[1:]  # same size, one bit flipped
+    monkeypatch.setattr(storage, "_fetch", lambda client, obj, etag, size, out: out.write(corrupt))
+    with pytest.raises(StorageError, match="does not match its ETag"):
+        resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache)
+    assert files_under(cache) == []
+
+
+def test_a_corrupted_cached_file_is_fetched_again(s3_client, s3_bucket, cache):
+    s3_client.put_object(Bucket=s3_bucket, Key="dev.jsonl", Body=JSONL)
+    cached = resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache)
+    cached.write_bytes(bytes([JSONL[0] ^ 1]) + JSONL[1:])  # same size: only the checksum can tell
     assert resolve_path(f"s3://{s3_bucket}/dev.jsonl", cache_dir=cache).read_bytes() == JSONL
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ S3_SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
 PROGRESS_MIN_BYTES = 1 << 20  # smaller files finish before a progress bar says anything useful
 _CHUNK_BYTES = 1 << 20
+STREAM_ATTEMPTS = 3  # a cut download is retried from the start, with backoff
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -100,9 +102,11 @@ def _cached_download(obj: _S3Object, cache_dir: Path) -> Path:
         head = client.head_object(Bucket=obj.bucket, Key=obj.key)
         size, etag = head["ContentLength"], head.get("ETag", "")
         target = cache_dir / _cache_folder_name(obj, etag) / PurePosixPath(obj.key).name
-        if target.is_file() and target.stat().st_size == size:
+        if target.is_file() and target.stat().st_size == size and _matches_etag(target, etag):
             logger.info("using cached %s for %s", target, obj.uri)
             return target
+        if target.is_file():
+            logger.warning("cached %s does not match %s (size or checksum); fetching it again", target, obj.uri)
         logger.info("downloading %s (%.1f MB)", obj.uri, size / 1e6)
         _download_atomically(client, obj, etag, size, target)
     return target
@@ -146,11 +150,23 @@ def _download_atomically(client: Any, obj: _S3Object, etag: str, size: int, targ
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(client, obj, etag, size, out)
+        os.close(fd)
+        for attempt in range(1, STREAM_ATTEMPTS + 1):
+            try:
+                with open(tmp, "wb") as out:
+                    _fetch(client, obj, etag, size, out)
+                break
+            except _stream_errors() as exc:  # a cut connection: the next attempt starts over
+                if attempt == STREAM_ATTEMPTS:
+                    raise StorageError(f"download of {obj.uri} kept failing ({type(exc).__name__}) "
+                                       f"after {attempt} attempts; run again") from None
+                logger.warning("download of %s cut (%s); retrying", obj.uri, type(exc).__name__)
+                time.sleep(0.5 * 2 ** (attempt - 1))
         received = tmp.stat().st_size
         if received != size:
             raise StorageError(f"incomplete download of {obj.uri}: got {received} of {size} bytes; run again")
+        if not _matches_etag(tmp, etag):
+            raise StorageError(f"checksum of {obj.uri} does not match its ETag {etag}: the download is corrupt; run again")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -178,6 +194,28 @@ def _fetch(client: Any, obj: _S3Object, etag: str, size: int, out: IO[bytes]) ->
         for chunk in body.iter_chunks(_CHUNK_BYTES):
             out.write(chunk)
             progress.update(len(chunk))
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a body stream cut mid-download, which a fresh GET can cure."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError
+
+    return (ResponseStreamingError, ReadTimeoutError, BotoConnectionError, ProtocolError, ConnectionError)
+
+
+def _matches_etag(path: Path, etag: str) -> bool:
+    """For a single-part upload the ETag is the content's MD5: check it. Multipart ETags are not
+    a plain digest, and then the size check is what we have."""
+    digest = etag.strip('"')
+    if not re.fullmatch(r"[0-9a-f]{32}", digest):
+        return True
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            md5.update(block)
+    return md5.hexdigest() == digest
 
 
 def _remove_if_empty(folder: Path) -> None:
