@@ -1,0 +1,93 @@
+"""Run a sweep: every trial of a sweep file, distributed with Ray (Tune drives the trials).
+
+    python -m slm_ray.sweep sweeps/size_comparison.yaml
+    python -m slm_ray.sweep sweeps/size_comparison.yaml dataset.limit=500 --name sizes_500
+    python -m slm_ray.sweep sweeps/smoke.yaml                     # offline, CPU, a few minutes
+    python -m slm_ray.sweep sweeps/size_comparison.yaml --address auto   # on a running Ray cluster
+    python -m slm_ray.sweep --cfg sweeps/retriever_comparison.yaml       # print the trials and exit
+
+Arguments: the sweep file, then Hydra overrides applied to every trial (key=value).
+Options: --name NAME (folder and ClearML project, default the file's name), --address ADDR (an
+existing Ray cluster; default: start a local one), --no-dashboard (a local Ray without its dashboard,
+which costs some throughput on small machines), --cfg (print the plan only), --debug.
+
+Every trial is composed and validated before Ray starts; a bad sweep file exits 2 and writes nothing.
+Results go to <experiment.output_dir>/sweeps/<name>/: trials/<trial>/ (one experiment each),
+summary.csv/json/md, plots, sweep_stats.json (model loads, indexes built) and ray/ (Tune's results).
+Running the same command again resumes: complete trials are skipped, interrupted ones continue.
+Exit code 0 when every trial succeeded, 1 when some failed (see summary.md), 2 for a bad sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from slm_ray.cli import USAGE_EXIT, run_cli
+
+VALUE_FLAGS = ("--name", "--address")
+
+
+def split_flags(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Take ``--name X`` / ``--name=X`` / ``--address X`` out of the arguments (run_cli knows only its own)."""
+    flags: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, value = arg.partition("=")
+        if flag in VALUE_FLAGS:
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                    raise ValueError(f"{flag} needs a value, e.g. {flag} {'sizes_500' if flag == '--name' else 'auto'}")
+                value = args[i + 1]
+                i += 1
+            if not value:
+                raise ValueError(f"{flag} needs a value")
+            flags[flag.lstrip("-")] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return flags, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        flags, rest = split_flags(args)
+        if "--no-dashboard" in rest:
+            rest = [a for a in rest if a != "--no-dashboard"]
+            flags["no-dashboard"] = "1"
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    return run_cli(lambda overrides, print_config: _sweep(overrides, print_config, flags), __doc__ or "", rest)
+
+
+def _sweep(arguments: list[str], print_config: bool, flags: dict[str, str]) -> int:
+    from slm_ray.data.storage import load_env_file
+    from slm_ray.sweeps.spec import SweepError, load_sweep
+
+    if not arguments or "=" in arguments[0]:
+        raise SweepError("give the sweep file first: python -m slm_ray.sweep SWEEP.yaml [key=value ...] "
+                         "[--name NAME] [--address ADDR]")
+    load_env_file()
+    plan = load_sweep(arguments[0], arguments[1:], name=flags.get("name"))
+    if print_config:
+        print(plan.render())
+        return 0
+    from slm_ray.sweeps.engine import run_sweep
+
+    record = run_sweep(plan, address=flags.get("address"), dashboard="no-dashboard" not in flags)
+    counts = record.get("summary", {})
+    if counts.get("failed"):
+        print(f"{counts['failed']} trial(s) failed: see {plan.sweep_dir / 'summary.md'}", file=sys.stderr)
+        return 1
+    if counts.get("pending") or counts.get("incomplete"):
+        print("some trials did not finish: run the same command again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

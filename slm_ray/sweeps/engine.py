@@ -1,0 +1,593 @@
+"""Run a sweep plan on Ray: shared retriever actors, a pool of generator workers, Ray Tune on top.
+
+Tune drives the trials (one grid-search sample per pending trial, ``max_concurrent_trials`` at a
+time, a failed trial recorded and the others continued). A Tune trial is a light function pinned
+to the driver's node: it borrows a generator worker from the pool, has it run the trial, reports
+the worker's progress to Tune, and writes the trial's bookkeeping (``trial.json``) next to the
+trial's files on the driver's disk. Workers on nodes without the driver's disk send their
+prediction lines back as they go, so the driver's copy is always the one to resume from.
+
+Resuming: trials whose ``results.json`` is there (for the same config) are skipped before anything
+starts; an interrupted trial continues from its predictions (``run_experiment`` resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
+
+log = logging.getLogger("slm_ray.sweep")
+
+POOL_NAME = "generator-pool"
+POLL_SECONDS = 1.0
+TRIAL_RECORD = "trial.json"
+
+
+class TrialFailed(RuntimeError):
+    """A trial's experiment raised: the message is the original error, in one line."""
+
+
+# --- resume bookkeeping (no Ray) --------------------------------------------------------------------
+
+def trial_dir(trial: Trial, base: Path) -> Path:
+    """Where the trial's files are, seen from ``base`` (the driver's working directory)."""
+    return (base / trial.config.experiment.output_dir / trial.name).resolve()
+
+
+def trial_state(trial: Trial, base: Path) -> str:
+    """``complete`` (results.json for this config), ``partial`` (predictions to resume) or ``new``.
+
+    A folder holding another config under the same trial name is refused before anything runs.
+    """
+    from slm_ray.config import ExperimentConfig
+    from slm_ray.experiment import PREDICTIONS, config_fingerprint
+
+    folder = trial_dir(trial, base)
+    saved = folder / "config.json"
+    if saved.is_file():
+        try:
+            previous = config_fingerprint(ExperimentConfig.model_validate(json.loads(saved.read_text())))
+        except Exception:  # unreadable: run_experiment decides
+            previous = None
+        if previous is not None and previous != config_fingerprint(trial.config):
+            raise SweepError(f"trial {trial.name}: {folder} holds a run with a different config (the sweep "
+                             "file or the overrides changed); pass --name <new name> or delete that folder")
+        if (folder / "results.json").is_file():
+            return "complete"
+    return "partial" if (folder / PREDICTIONS).is_file() else "new"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- the Tune trial function ---------------------------------------------------------------------------
+
+def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx: dict[str, Any]) -> None:
+    """One Tune trial: borrow a worker, run the trial on it, stream its progress, record the outcome."""
+    import ray
+    from ray import tune
+
+    from slm_ray.experiment import PREDICTIONS
+
+    spec = trials[config["trial"]]
+    head = Path(ctx["trials_dir"]) / spec["name"]
+    pool = ray.get_actor(ctx["pool"], namespace=ctx["namespace"])
+    worker_name, worker = ray.get(pool.acquire.remote(spec["name"], spec["model_key"], spec["cpus"], spec["gpus"]))
+    payload = {**spec, "run_id": ctx["run_id"], "seed": {}}
+    if not ray.get(worker.sees_driver_disk.remote(spec["sweep_dir"], ctx["run_id"])):
+        payload["seed"] = _seed_files(head)  # its node has its own disk: resume from the driver's copy
+    started = time.time()
+    record: dict[str, Any] = {"run_id": ctx["run_id"], "trial": spec["name"], "actor": worker_name,
+                              "retriever_actor": spec.get("retriever_actor"), "started": now_iso()}
+    head_ids: set[str] | None = None
+    last: dict[str, float] | None = None
+    ref = worker.run_trial.remote(payload)
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
+            values, lines = ray.get(pool.pull.remote(spec["name"]))
+            if lines:
+                head_ids = _append_new_predictions(head / PREDICTIONS, lines, head_ids)
+            if values and values != last:
+                last = values
+                tune.report({**values, "status": "running", "actor": worker_name})
+            if ready:
+                break
+        out = ray.get(ref)
+    except ray.exceptions.RayActorError as exc:
+        ray.get(pool.release.remote(worker_name, spec["name"], None, True))
+        message = f"generator actor {worker_name} died: {_first_line(exc)}"
+        _write_record(head, {**record, "status": "failed", "error": message, "seconds": round(time.time() - started, 3)})
+        raise TrialFailed(message) from None
+    except ray.exceptions.RayTaskError as exc:
+        ray.get(pool.release.remote(worker_name, spec["name"], None, False))
+        cause = getattr(exc, "cause", None) or exc
+        message = f"{type(cause).__name__}: {_first_line(cause)}"
+        _write_record(head, {**record, "status": "failed", "error": message, "seconds": round(time.time() - started, 3)})
+        raise TrialFailed(message) from None
+    ray.get(pool.release.remote(worker_name, spec["name"], {"loads": out["loads"], "node_id": out["node_id"]}, False))
+    if out.get("files"):
+        for name, text in out["files"].items():
+            atomic_write_text(head / name, text)
+    results = out["results"]
+    _write_record(head, {**record, "status": "ok", "error": None, "node_id": out["node_id"], "pid": out["pid"],
+                         "model_loaded_now": out["model_loaded_now"], "model_load_seconds": out["model_load_seconds"],
+                         "mirrored": out["mirrored"], "seconds": out["seconds"], "finished": now_iso()})
+    tune.report({**final_metrics(results), "status": "ok", "actor": worker_name, "node_id": out["node_id"]})
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The flat numbers Tune keeps for a finished trial."""
+    metrics: dict[str, Any] = {"examples_done": results.get("n_examples")}
+    for key, value in results.get("metrics", {}).items():
+        metrics[key] = value["mean"]
+        metrics[f"{key}_ci_low"] = value["ci_low"]
+        metrics[f"{key}_ci_high"] = value["ci_high"]
+    throughput = results.get("throughput") or {}
+    metrics["examples_per_second"] = throughput.get("examples_per_second")
+    metrics["peak_rss_mb"] = ((results.get("memory") or {}).get("model") or {}).get("peak_rss_mb")
+    return metrics
+
+
+def _seed_files(head: Path) -> dict[str, str]:
+    """The driver's copy of an interrupted trial, for a worker whose node has its own disk."""
+    from slm_ray.experiment import PREDICTIONS
+
+    return {name: (head / name).read_text(encoding="utf-8") for name in ("config.json", PREDICTIONS)
+            if (head / name).is_file()}
+
+
+def _append_new_predictions(path: Path, lines: list[str], known: set[str] | None) -> set[str]:
+    """Mirror prediction lines streamed from a remote worker, each example once."""
+    from slm_ray.sweeps.actors import complete_lines
+
+    if known is None:
+        known = set()
+        for line in complete_lines(path):
+            try:
+                known.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    fresh = []
+    for line in lines:
+        try:
+            example_id = json.loads(line)["id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if example_id not in known:
+            known.add(example_id)
+            fresh.append(line)
+    if fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in fresh))
+    return known
+
+
+def _write_record(head: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(head / TRIAL_RECORD, record)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # RayTaskError text starts with the remote traceback; the cause's own message is the last line
+    return lines[-1] if lines else type(exc).__name__
+
+
+def print_line(text: str) -> None:
+    """Print and flush (module-level, so that Tune can pickle the callback that uses it)."""
+    print(text, flush=True)
+
+
+def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float = 15.0) -> Any:
+    """A Tune callback that prints one line per trial event (and running progress now and then)."""
+    from ray.tune import Callback
+
+    echo = print_line
+
+    class _Progress(Callback):
+        def __init__(self) -> None:
+            self.last_print: dict[str, float] = {}
+            self.done = 0
+
+        def _name(self, trial: Any) -> str:
+            return names.get((trial.config or {}).get("trial"), str(trial))
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            echo(f"  started   {self._name(trial)}")
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            name = self._name(trial)
+            if result.get("status") != "running" or time.monotonic() - self.last_print.get(name, 0.0) < every_s:
+                return
+            self.last_print[name] = time.monotonic()
+            echo(f"  progress  {name}: {int(result.get('examples_done', 0))} examples, "
+                 f"{result.get('examples_per_second', 0.0):.2f} ex/s, running token recall "
+                 f"{result.get('running_token_recall', 0.0):.3f}, peak RSS {result.get('peak_rss_mb', 0.0):.0f} MB")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            result = trial.last_result or {}
+            echo(f"  [{self.done}/{len(names)}] ok     {self._name(trial)}: token recall "
+                 f"{result.get('token_recall', float('nan')):.3f} on {result.get('actor')}, "
+                 f"{result.get('examples_per_second') or 0:.2f} ex/s")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            name = self._name(trial)
+            try:
+                error = json.loads((trials_dir / name / TRIAL_RECORD).read_text()).get("error") or ""
+            except (OSError, ValueError):
+                error = "see the Tune error file"
+            echo(f"  [{self.done}/{len(names)}] FAILED {name}: {error}")
+
+    return _Progress()
+
+
+class _TrialNames:
+    """Tune's trial name / folder name: the sweep's readable trial name."""
+
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+
+    def __call__(self, trial: Any) -> str:
+        return self.names[trial.config["trial"]]
+
+
+# --- the driver ------------------------------------------------------------------------------------------
+
+def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
+              worker_env: dict[str, str] | None = None, echo: Callable[[str], None] = print_line,
+              dashboard: bool = True) -> dict[str, Any]:
+    """Run what is left of ``plan``; write sweep_stats.json and the summary. Returns this run's stats.
+
+    ``address``: an existing Ray cluster (else a local one is started, with its dashboard unless
+    ``dashboard`` is False: on a small machine the dashboard's processes cost some throughput).
+    ``worker_env``: extra environment variables for the generator and retriever actors.
+    """
+    from slm_ray.sweeps.summary import write_summary
+
+    base = Path.cwd()
+    sweep_abs = (base / plan.sweep_dir).resolve()
+    states = {t.name: trial_state(t, base) for t in plan.trials}
+    pending = [t for t in plan.trials if states[t.name] != "complete"]
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+    def prepare_folder() -> None:  # once nothing can refuse the sweep any more
+        sweep_abs.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(sweep_abs / "sweep.json", {**plan.to_json(), "updated": now_iso()})
+    record: dict[str, Any] = {
+        "run_id": run_id, "started": now_iso(), "address": address or "local",
+        "trials": {"total": len(plan.trials), "already_complete": len(plan.trials) - len(pending),
+                   "resumed": sum(1 for t in pending if states[t.name] == "partial"), "ran": len(pending)},
+    }
+    started = time.perf_counter()
+    complete = len(plan.trials) - len(pending)
+    if not pending:
+        prepare_folder()
+        echo(f"sweep {plan.name}: all {len(plan.trials)} trials are complete; nothing to run")
+        record.update({"model_loads": {}, "model_loads_per_actor": {}, "indexes_built": 0, "retriever_actors": []})
+    else:
+        echo(f"sweep {plan.name}: {len(pending)} of {len(plan.trials)} trials to run"
+             + (f" ({complete} already complete)" if complete else ""))
+        record.update(_run_on_ray(plan, pending, run_id, base, sweep_abs, address, verbose, worker_env, echo,
+                                  prepare_folder, dashboard))
+    record["finished"] = now_iso()
+    record["wall_seconds"] = round(time.perf_counter() - started, 3)
+    _write_stats(sweep_abs, plan.name, record)
+    summary = write_summary(sweep_abs)
+    record["summary"] = summary["counts"]
+    echo(f"summary: {sweep_abs / 'summary.md'} ({summary['counts']})")
+    return record
+
+
+def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, sweep_abs: Path,
+                address: str | None, verbose: int, worker_env: dict[str, str] | None,
+                echo: Callable[[str], None], prepare_folder: Callable[[], None],
+                dashboard_wanted: bool = True) -> dict[str, Any]:
+    import ray
+
+    from slm_ray.retrieval.service import RetrieverService
+    from slm_ray.sweeps.actors import RUN_MARKER, WorkerPool, prestart_workers, ray_class
+
+    connect_started = time.perf_counter()
+    started_here, dashboard = _connect(address, dashboard_wanted)
+    connect_seconds = round(time.perf_counter() - connect_started, 3)
+    if dashboard:
+        echo(f"Ray dashboard: {dashboard}")
+    else:
+        echo("Ray dashboard: off" if not dashboard_wanted and not address
+             else "Ray dashboard: not available (pip install 'ray[default]')")
+    namespace = f"slm_ray-{plan.name}-{run_id}"
+    services: dict[str, Any] = {}
+    pool = None
+    first: list[tuple[str, Any, tuple, str]] = []
+    try:
+        local = started_here and not address and not os.environ.get("RAY_ADDRESS")
+        shapes = _resolve_shapes(plan, pending, local)
+        n_services = len({t.retriever_key for t in pending if t.retriever_key})
+        rr = plan.retriever_resources
+        capacity = _capacity(set(shapes.values()), n_services, (rr.cpus, rr.gpus or 0.0))
+        if capacity < 1 and local:
+            raise SweepError(f"this machine cannot hold a generator worker (resources {plan.resources.as_dict()}) "
+                             f"next to {n_services} retriever actor(s) (retriever_resources {rr.as_dict()}); "
+                             "lower them in the sweep file")
+        concurrency = plan.max_concurrent_trials or max(1, capacity)
+        if local and concurrency > capacity:
+            log.warning("max_concurrent_trials=%d but this machine holds %d workers: using %d",
+                        concurrency, capacity, capacity)
+            concurrency = capacity
+        concurrency = max(1, min(concurrency, len(pending)))
+        prepare_folder()
+        atomic_write_text(sweep_abs / RUN_MARKER, run_id + "\n")
+        payloads: dict[int, dict[str, Any]] = {}
+        for trial in pending:
+            key = trial.retriever_key
+            cpus, gpus = shapes[trial.name]
+            payloads[trial.index] = {
+                "index": trial.index, "name": trial.name, "config": trial.config.model_dump(by_alias=True),
+                "model_key": trial.model_key, "model_name": trial.config.model.name, "cpus": cpus, "gpus": gpus,
+                "retriever_actor": f"retriever-{key}" if key else None, "sweep_dir": str(plan.sweep_dir),
+            }
+        # Start order matters where Ray starts few processes at once (as many as CPUs): the
+        # generator workers of the first trials first, then the pool, then the retriever actors.
+        first = prestart_workers(namespace, POOL_NAME, [(t.model_key, *shapes[t.name], payloads[t.index]["config"])
+                                                        for t in pending[:concurrency]], str(base), worker_env)
+        remaining: dict[str, int] = {}
+        for trial in pending:
+            remaining[trial.model_key] = remaining.get(trial.model_key, 0) + 1
+        pool = ray_class(WorkerPool).options(name=POOL_NAME, namespace=namespace, num_cpus=0,
+                                             max_concurrency=1000).remote(
+            namespace, POOL_NAME, remaining, concurrency, str(base), worker_env, first)
+        warmups = []
+        for trial in pending:
+            key = trial.retriever_key
+            if key is not None and key not in services:
+                cfg = trial.config
+                rr = plan.retriever_resources
+                services[key] = ray_class(RetrieverService).options(
+                    name=f"retriever-{key}", namespace=namespace, num_cpus=rr.cpus, num_gpus=rr.gpus or 0,
+                    max_restarts=0, **_runtime_env(worker_env),
+                ).remote(key, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(),
+                         cfg.experiment.cache_dir, str(base), int(rr.cpus) or os.cpu_count(),
+                         cfg.experiment.memory_interval_s)
+                warmups.append(services[key].warmup.remote())
+        from ray import tune
+
+        ctx = {"namespace": namespace, "pool": POOL_NAME, "run_id": run_id,
+               "trials_dir": str((base / plan.trials_dir).resolve())}
+        echo(f"running {len(pending)} trials, at most {concurrency} at a time, {len(services)} retriever actor(s); "
+             f"Tune results in {sweep_abs / 'ray' / f'run-{run_id}'}")
+        trainable = tune.with_resources(tune.with_parameters(run_trial, trials=payloads, ctx=ctx),
+                                        {"CPU": 0, _driver_node_resource(): 0.001})
+        names = _TrialNames({t.index: t.name for t in pending})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.index for t in pending])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
+                                        trial_name_creator=names, trial_dirname_creator=names),
+            run_config=tune.RunConfig(name=f"run-{run_id}", storage_path=str(sweep_abs / "ray"),
+                                      failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+                                      verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
+        )
+        grid = tuner.fit()
+        tune_errors = {}
+        for result in grid:
+            index = (result.config or {}).get("trial")
+            if index is not None and result.error is not None:
+                tune_errors[index] = f"{type(result.error).__name__}: {_first_line(result.error)}"
+        pool_stats = ray.get(pool.stats.remote())
+        retriever_stats = _service_stats(services, warmups)
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    finally:
+        _cleanup(pool, services, [handle for _, handle, _, _ in first])
+        if started_here:
+            ray.shutdown()
+    outcome = _record_outcomes(pending, base, run_id, tune_errors)
+    loads_per_actor = {name: w["loads"] for name, w in pool_stats["workers"].items()}
+    model_loads: dict[str, int] = {}
+    for loads in loads_per_actor.values():
+        for model, n in loads.items():
+            model_loads[model] = model_loads.get(model, 0) + n
+    return {
+        "dashboard_url": dashboard, "ray_connect_seconds": connect_seconds, "nodes": nodes,
+        "max_concurrent_trials": concurrency,
+        "trials_outcome": outcome["counts"], "trial_nodes": outcome["nodes"], "trial_actors": outcome["actors"],
+        "model_loads": model_loads, "model_loads_per_actor": loads_per_actor, "workers": pool_stats["workers"],
+        "indexes_built": sum(1 for s in retriever_stats if s.get("index_built_now")),
+        "indexes_loaded": sum(1 for s in retriever_stats if s.get("index_built_now") is False),
+        "retriever_actors": retriever_stats,
+    }
+
+
+def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:
+    """Connect to ``address`` or start a local Ray; (started here, dashboard URL)."""
+    import ray
+
+    if ray.is_initialized():
+        try:
+            from ray._private.worker import get_dashboard_url
+
+            url = get_dashboard_url()
+        except Exception:  # a private helper: the URL is a nicety
+            url = None
+        return False, _dashboard(url)
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    elif not os.environ.get("RAY_ADDRESS"):  # set for drivers of `ray job submit`: connect there
+        kwargs["include_dashboard"] = dashboard
+    try:
+        context = ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise SweepError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+    return True, _dashboard(getattr(context, "dashboard_url", None))
+
+
+def _dashboard(url: str | None) -> str | None:
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
+def _driver_node_resource() -> str:
+    """Pin trial functions to the driver's node (they write the trial records on its disk)."""
+    import ray
+
+    resource = f"node:{ray.util.get_node_ip_address()}"
+    return resource if resource in ray.cluster_resources() else "node:__internal_head__"
+
+
+def _resolve_shapes(plan: SweepPlan, pending: list[Trial], local: bool) -> dict[str, tuple[float, float]]:
+    """(cpus, gpus) of every pending trial; gpus auto = model.num_gpus where the cluster has GPUs."""
+    import ray
+
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    shapes = {}
+    for trial in pending:
+        gpus = plan.resources.gpus
+        if gpus is None:
+            gpus = float(trial.config.model.num_gpus) if has_gpu else 0.0
+        shape = (plan.resources.cpus, gpus)
+        if not any(n.get("CPU", 0) >= shape[0] and n.get("GPU", 0) >= shape[1] for n in nodes):
+            message = (f"trial {trial.name} needs cpus={shape[0]:g}, gpus={shape[1]:g} but no node of the "
+                       f"cluster has that much ({_describe_nodes(nodes)})")
+            if local:
+                raise SweepError(message + "; lower resources in the sweep file")
+            log.warning("%s; waiting for the autoscaler to add one", message)
+        shapes[trial.name] = shape
+    return shapes
+
+
+def _describe_nodes(nodes: list[dict[str, float]]) -> str:
+    return "; ".join(f"node {i + 1}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))
+
+
+def _capacity(shapes: set[tuple[float, float]], retriever_actors: int, retriever_shape: tuple[float, float]) -> int:
+    """How many workers of the largest trial shape fit on the nodes once the retriever actors are placed."""
+    import ray
+
+    cpus = max(s[0] for s in shapes)
+    gpus = max(s[1] for s in shapes)
+    free = [[n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)]
+            for n in ray.nodes() if n.get("Alive")]
+    for _ in range(retriever_actors):  # each on the node with the most room, as a scheduler would
+        fitting = [f for f in free if f[0] >= retriever_shape[0] and f[1] >= retriever_shape[1]]
+        if fitting:
+            best = max(fitting, key=lambda f: (f[1], f[0]))
+            best[0] -= retriever_shape[0]
+            best[1] -= retriever_shape[1]
+    total = 0
+    for node_cpus, node_gpus in free:
+        fits = []
+        if cpus > 0:
+            fits.append(int(node_cpus // cpus))
+        if gpus > 0:
+            fits.append(int(node_gpus // gpus))
+        total += min(fits) if fits else max(1, int(node_cpus))
+    return total
+
+
+def _runtime_env(worker_env: dict[str, str] | None) -> dict[str, Any]:
+    return {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}
+
+
+def _service_stats(services: dict[str, Any], warmups: list[Any]) -> list[dict[str, Any]]:
+    import ray
+
+    stats = []
+    for key, handle in services.items():
+        try:
+            stats.append({"key": key, **ray.get(handle.stats.remote(), timeout=60)})
+        except Exception as exc:  # the actor died (e.g. a bad corpus): keep the reason
+            stats.append({"key": key, "error": _first_line(exc)})
+    for ref in warmups:
+        try:
+            ray.get(ref, timeout=1)
+        except Exception as exc:
+            log.warning("a retriever actor failed to build its index: %s", _first_line(exc))
+    return stats
+
+
+def _cleanup(pool: Any, services: dict[str, Any], workers: list[Any]) -> None:
+    """Retire every worker, the pool and the retriever actors (also after an error or Ctrl-C)."""
+    import ray
+
+    for handle in workers:
+        try:
+            ray.kill(handle)
+        except Exception:
+            pass
+
+    if pool is not None:
+        try:
+            ray.get(pool.shutdown.remote(), timeout=30)
+        except Exception:
+            pass
+        ray.kill(pool)
+    for handle in services.values():
+        try:
+            ray.kill(handle)
+        except Exception:
+            pass
+
+
+def _record_outcomes(pending: list[Trial], base: Path, run_id: str, tune_errors: dict[int, str]) -> dict[str, Any]:
+    """Read this run's trial records; write one for a trial Tune failed before it could."""
+    counts = {"ok": 0, "failed": 0, "not_run": 0}
+    nodes, actors = {}, {}
+    for trial in pending:
+        path = trial_dir(trial, base) / TRIAL_RECORD
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("run_id") != run_id:
+            if trial.index in tune_errors:
+                record = {"run_id": run_id, "trial": trial.name, "status": "failed", "error": tune_errors[trial.index]}
+                atomic_write_json(path, record)
+            else:
+                counts["not_run"] += 1
+                continue
+        counts["ok" if record.get("status") == "ok" else "failed"] += 1
+        if record.get("node_id"):
+            nodes[trial.name] = record["node_id"]
+        if record.get("actor"):
+            actors[trial.name] = record["actor"]
+    return {"counts": counts, "nodes": nodes, "actors": actors}
+
+
+def _write_stats(sweep_abs: Path, name: str, record: dict[str, Any]) -> None:
+    """sweep_stats.json: this run in full, every run's counts, and totals over runs."""
+    path = sweep_abs / "sweep_stats.json"
+    try:
+        previous = json.loads(path.read_text())
+        runs = list(previous.get("runs", []))
+    except (OSError, ValueError):
+        runs = []
+    brief = {k: record.get(k) for k in ("run_id", "started", "finished", "wall_seconds", "trials", "trials_outcome",
+                                        "model_loads", "indexes_built")}
+    runs.append(brief)
+    totals_loads: dict[str, int] = {}
+    for run in runs:
+        for model, n in (run.get("model_loads") or {}).items():
+            totals_loads[model] = totals_loads.get(model, 0) + n
+    atomic_write_json(path, {
+        "sweep": name, "host": socket.gethostname(), "updated": now_iso(), "last_run": record,
+        "totals": {"runs": len(runs), "model_loads": totals_loads,
+                   "indexes_built": sum(run.get("indexes_built") or 0 for run in runs)},
+        "runs": runs,
+    })

@@ -1,0 +1,465 @@
+"""Sweep files: parse one, expand its grid into trials, compose and validate every trial up front.
+
+A sweep file (``sweeps/*.yaml``)::
+
+    name: size_comparison                 # folder under <experiment.output_dir>/sweeps/
+    description: SmolLM2 sizes on NQ      # free text, copied into the summary
+    overrides: [dataset=nq, dataset.limit=500]          # Hydra overrides shared by every trial
+    grid:                                 # the trials are the product of these axes
+      model: [smollm2_135m, smollm2_360m] # a config group: its options (conf/model/*.yaml)
+      experiment_mode: [no_context, oracle_context, retriever_context]
+      retriever: [bm25, dense]            # retriever/corpus axes only multiply retriever_context:
+      retriever.k: [1, 3, 5]              #   the other modes run once per remaining combination
+      model.temperature: [0.0, 0.7]       # any config key
+    exclude:                              # drop the combinations that match every key of a rule
+      - {model: [smollm2_360m], retriever: [dense]}
+    resources: {cpus: 1, gpus: auto}      # per trial; auto = model.num_gpus on a cluster with GPUs, else 0
+    retriever_resources: {cpus: 0, gpus: 0}   # per shared retriever actor
+    max_concurrent_trials: auto           # auto: as many as the cluster holds now (on an autoscaling
+                                          #   cluster, give the number you want: workers wait for nodes)
+    max_failures: 0                       # Tune retries of a failed trial
+
+Nothing here imports Ray or loads a model: a bad sweep file is refused (one line naming the trial
+and the key, exit 2) before any process starts or any file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from slm_ray.composition import GROUPS, compose_config, compose_raw, group_options
+from slm_ray.config import EXPERIMENT_MODES, SAFE_NAME, ExperimentConfig, validate_config
+from slm_ray.errors import ConfigError, SlmRayError
+
+TOP_LEVEL_KEYS = ("name", "description", "overrides", "grid", "exclude", "resources", "retriever_resources",
+                  "max_concurrent_trials", "max_failures")
+#: Axes that only change what a retriever_context trial retrieves.
+RETRIEVAL_GROUPS = ("retriever", "corpus")
+#: Keys the sweep sets on every trial itself (experiment.output_dir may be overridden: it is where
+#: the sweep folder goes, <experiment.output_dir>/sweeps/<name>; it cannot be a grid axis).
+RESERVED_KEYS = ("experiment.name", "experiment.output_dir")
+RESERVED_OVERRIDES = ("experiment.name",)
+#: Axes already spelled out by the base of a trial name.
+NAMED_AXES = frozenset({"model", "model.name", "dataset", "dataset.name", "experiment_mode", "retriever",
+                        "retriever.name", "retriever.k"})
+MODE_ORDER = {mode: i for i, mode in enumerate(EXPERIMENT_MODES)}
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+class SweepError(SlmRayError):
+    """A sweep file or sweep command the user must fix: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one actor asks Ray for. ``gpus=None`` means auto (decided once the cluster is known)."""
+
+    cpus: float = 1.0
+    gpus: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "gpus": "auto" if self.gpus is None else self.gpus}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One experiment of the sweep: its readable unique name, its grid values and its config."""
+
+    index: int
+    name: str
+    axes: dict[str, Any]
+    overrides: tuple[str, ...]
+    config: ExperimentConfig = field(repr=False)
+
+    @property
+    def mode(self) -> str:
+        return self.config.experiment_mode
+
+    @property
+    def uses_retriever(self) -> bool:
+        return self.config.experiment_mode == "retriever_context"
+
+    @property
+    def model_key(self) -> str:
+        """Trials with the same key can share a loaded generator."""
+        return stable_hash(self.config.model.model_dump(by_alias=True))
+
+    @property
+    def retriever_key(self) -> str | None:
+        """Trials with the same key share one retriever actor (None outside retriever_context)."""
+        if not self.uses_retriever:
+            return None
+        from slm_ray.retrieval.service import service_key
+
+        return service_key(self.config)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "index": self.index,
+            "name": self.name,
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "experiment_mode": cfg.experiment_mode,
+            "retriever": cfg.retriever.name if self.uses_retriever else None,
+            "k": cfg.retriever.k if self.uses_retriever else None,
+            "axes": self.axes,
+            "overrides": list(self.overrides),
+        }
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep: every trial composed, named and ordered (grouped by model)."""
+
+    name: str
+    source: str
+    description: str
+    overrides: tuple[str, ...]
+    cli_overrides: tuple[str, ...]
+    grid: dict[str, list[Any]]
+    trials: tuple[Trial, ...]
+    resources: Resources
+    retriever_resources: Resources
+    max_concurrent_trials: int | None
+    max_failures: int
+    sweep_dir: Path
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.sweep_dir / "trials"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "description": self.description,
+            "overrides": list(self.overrides),
+            "cli_overrides": list(self.cli_overrides),
+            "grid": self.grid,
+            "resources": self.resources.as_dict(),
+            "retriever_resources": self.retriever_resources.as_dict(),
+            "max_concurrent_trials": self.max_concurrent_trials,
+            "max_failures": self.max_failures,
+            "sweep_dir": str(self.sweep_dir),
+            "trials": [t.describe() for t in self.trials],
+        }
+
+    def render(self) -> str:
+        """The plan as text: one line per trial with the overrides that reproduce it alone."""
+        lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir}"]
+        width = max(len(t.name) for t in self.trials)
+        for t in self.trials:
+            lines.append(f"  {t.index + 1:>3}  {t.name:<{width}}  python -m slm_ray.run {' '.join(t.overrides)}")
+        return "\n".join(lines)
+
+
+def stable_hash(data: Any, length: int = 12) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def hydra_value(value: Any) -> str:
+    """A YAML value written as a Hydra override value (quoted when it needs to be)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN_VALUE.match(text) and text.lower() not in ("true", "false", "null"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def is_retrieval_axis(axis: str) -> bool:
+    return axis.split(".")[0] in RETRIEVAL_GROUPS
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``model`` for ``model=x``, ``dataset.limit`` for ``++dataset.limit=5``."""
+    return override.split("=", 1)[0].lstrip("+~").strip()
+
+
+def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | None = None) -> SweepPlan:
+    """Read, expand and validate a sweep file; raise SweepError naming what is wrong."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    where = str(path)
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise SweepError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(TOP_LEVEL_KEYS)})")
+    sweep_name = name or raw.get("name") or path.stem
+    if not isinstance(sweep_name, str) or not SAFE_NAME.match(sweep_name):
+        raise SweepError(f"{where}: name={sweep_name!r} is not a safe folder name "
+                         "(letters, digits and . _ = + - only)")
+    overrides = _string_list(raw.get("overrides") or [], f"{where}: overrides")
+    cli = [str(o) for o in cli_overrides]
+    grid = _parse_grid(raw.get("grid"), where)
+    for source, items in (("overrides", overrides), ("command line", cli)):
+        for item in items:
+            if "=" not in item:
+                raise SweepError(f"{where}: {source}: cannot parse override {item!r} (expected key=value)")
+            key = override_key(item)
+            if key in RESERVED_OVERRIDES:
+                raise SweepError(f"{where}: {source}: {key} is set by the sweep for every trial "
+                                 "(trials go to <experiment.output_dir>/sweeps/<name>/trials/<trial name>)")
+            if key in grid:
+                raise SweepError(f"{where}: {source}: {item!r} sets {key}, which is a grid axis of this sweep "
+                                 "(change the grid instead)")
+    rules = _parse_exclude(raw.get("exclude"), grid, where)
+    resources = _parse_resources(raw.get("resources"), f"{where}: resources", Resources(cpus=1.0, gpus=None))
+    retriever_resources = _parse_resources(raw.get("retriever_resources"), f"{where}: retriever_resources",
+                                           Resources(cpus=0.0, gpus=0.0))
+    if retriever_resources.gpus is None:
+        retriever_resources = Resources(retriever_resources.cpus, 0.0)
+    max_concurrent = _parse_count(raw.get("max_concurrent_trials", "auto"), f"{where}: max_concurrent_trials",
+                                  allow_auto=True, minimum=1)
+    max_failures = _parse_count(raw.get("max_failures", 0), f"{where}: max_failures", allow_auto=False, minimum=0)
+    description = str(raw.get("description") or "")
+
+    combos = _expand(grid, rules, _default_mode(overrides + cli), where)
+    user_project = any(override_key(o) == "tracker.project" for o in overrides + cli)
+    composed = []
+    for combo in combos:
+        trial_overrides = [*overrides, *(f"{k}={hydra_value(v)}" for k, v in combo.items()), *cli]
+        try:
+            cfg = compose_config(trial_overrides)
+        except ConfigError as exc:
+            raise SweepError(f"{where}: trial ({_describe_combo(combo)}): {exc}") from None
+        composed.append((combo, trial_overrides, cfg))
+
+    base_output = composed[0][2].experiment.output_dir
+    sweep_dir = Path(base_output) / "sweeps" / sweep_name
+    trials_dir = sweep_dir / "trials"
+    names = [trial_name_for(cfg, combo) for combo, _, cfg in composed]
+    if len(set(names)) < len(names):  # file names of path values collide: spell the paths out
+        names = [trial_name_for(cfg, combo, short_paths=False) for combo, _, cfg in composed]
+    named: dict[str, dict[str, Any]] = {}
+    staged = []
+    for (combo, trial_overrides, cfg), trial_name in zip(composed, names):
+        if trial_name in named:
+            raise SweepError(f"{where}: trials ({_describe_combo(named[trial_name])}) and ({_describe_combo(combo)}) "
+                             f"would both be named {trial_name!r}; make them differ or exclude one")
+        named[trial_name] = combo
+        forced = [f"experiment.output_dir={hydra_value(str(trials_dir))}", f"experiment.name={hydra_value(trial_name)}"]
+        data = cfg.model_dump(by_alias=True)
+        data["experiment"]["output_dir"] = str(trials_dir)
+        data["experiment"]["name"] = trial_name
+        if cfg.tracker.type == "clearml":
+            if not user_project:
+                data["tracker"]["project"] = f"slm-ray/{sweep_name}"
+                forced.append(f"tracker.project={hydra_value(data['tracker']['project'])}")
+            if f"sweep:{sweep_name}" not in data["tracker"]["tags"]:
+                data["tracker"]["tags"] = [*data["tracker"]["tags"], f"sweep:{sweep_name}"]
+                forced.append(f"tracker.tags={hydra_value(data['tracker']['tags'])}")
+        try:
+            final = validate_config(data)
+        except ConfigError as exc:
+            raise SweepError(f"{where}: trial {trial_name}: {exc}") from None
+        staged.append((combo, tuple(trial_overrides + forced), final, trial_name))
+
+    trials = tuple(Trial(i, trial_name, combo, trial_overrides, cfg)
+                   for i, (combo, trial_overrides, cfg, trial_name) in enumerate(_order(staged)))
+    return SweepPlan(name=sweep_name, source=str(path), description=description, overrides=tuple(overrides),
+                     cli_overrides=tuple(cli), grid=grid, trials=trials, resources=resources,
+                     retriever_resources=retriever_resources, max_concurrent_trials=max_concurrent,
+                     max_failures=max_failures, sweep_dir=sweep_dir)
+
+
+def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bool = True) -> str:
+    """``<model>-<dataset>-<mode>[-<retriever>-k<k>]`` plus ``key=value`` for every other axis
+    (a path value by its file name, unless two trials would then share a name)."""
+    parts = [cfg.model.name, cfg.dataset.name, cfg.experiment_mode]
+    if cfg.experiment_mode == "retriever_context":
+        parts += [cfg.retriever.name, f"k{cfg.retriever.k}"]
+    for axis, value in combo.items():
+        if axis in NAMED_AXES:
+            continue
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        if short_paths and isinstance(value, str) and ("/" in text or "\\" in text):
+            text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or text
+        parts.append(f"{axis}={text}")
+    name = "-".join(_UNSAFE_NAME_CHARS.sub("_", p) for p in parts).strip("_")
+    if not SAFE_NAME.match(name):
+        name = "t" + name
+    return name
+
+
+def _order(staged: list[tuple]) -> list[tuple]:
+    """Group trials by model (first appearance), then by mode: each model loads once per worker."""
+    first_seen: dict[str, int] = {}
+    for i, (_, _, cfg, _) in enumerate(staged):
+        first_seen.setdefault(stable_hash(cfg.model.model_dump(by_alias=True)), i)
+    return [item for _, item in sorted(
+        enumerate(staged),
+        key=lambda pair: (first_seen[stable_hash(pair[1][2].model.model_dump(by_alias=True))],
+                          MODE_ORDER[pair[1][2].experiment_mode], pair[0]))]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SweepError(f"{path}: not valid YAML{at} ({problem})") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"{path}: not a text file") from None
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: expected a mapping with name, overrides and grid, "
+                         f"got {type(raw).__name__ if raw is not None else 'an empty file'}")
+    return raw
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float, bool)) for v in value):
+        raise SweepError(f"{where}: expected a list of key=value strings")
+    return [str(v) for v in value]
+
+
+def _parse_grid(grid: Any, where: str) -> dict[str, list[Any]]:
+    if grid is None or grid == {}:
+        raise SweepError(f"{where}: grid is empty (give at least one axis, e.g. grid: {{model: [tiny_llama]}})")
+    if not isinstance(grid, dict):
+        raise SweepError(f"{where}: grid must be a mapping of axis -> list of values")
+    parsed: dict[str, list[Any]] = {}
+    for axis, values in grid.items():
+        axis = str(axis)
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{where}: grid.{axis} must be a non-empty list of values")
+        _check_axis(axis, values, where)
+        parsed[axis] = values
+    return parsed
+
+
+def _check_axis(axis: str, values: list[Any], where: str) -> None:
+    head = axis.split(".")[0]
+    if axis in RESERVED_KEYS:
+        raise SweepError(f"{where}: grid.{axis}: set by the sweep for every trial, cannot be an axis")
+    if axis in GROUPS:
+        options = group_options(axis)
+        for value in values:
+            if str(value) not in options:
+                raise SweepError(f"{where}: grid.{axis}: unknown {axis} option {value!r} (valid: {', '.join(options)})")
+    elif axis == "experiment_mode":
+        for value in values:
+            if value not in EXPERIMENT_MODES:
+                raise SweepError(f"{where}: grid.experiment_mode: unknown mode {value!r} "
+                                 f"(valid: {', '.join(EXPERIMENT_MODES)})")
+    elif head not in GROUPS and head != "experiment":
+        raise SweepError(f"{where}: grid axis {axis!r} is not a config group or key (valid: experiment_mode, "
+                         f"{', '.join(GROUPS)}, or a key under them such as retriever.k)")
+    seen = set()
+    for value in values:
+        marker = json.dumps(value, sort_keys=True, default=str)
+        if marker in seen:
+            raise SweepError(f"{where}: grid.{axis} lists {value!r} twice")
+        seen.add(marker)
+
+
+def _parse_exclude(rules: Any, grid: dict[str, list[Any]], where: str) -> list[dict[str, list[Any]]]:
+    if rules is None:
+        return []
+    if isinstance(rules, dict):
+        rules = [rules]
+    if not isinstance(rules, list):
+        raise SweepError(f"{where}: exclude must be a list of rules like {{experiment_mode: [no_context], model: [x]}}")
+    parsed = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not rule:
+            raise SweepError(f"{where}: exclude[{i}] must be a non-empty mapping of grid axis -> values")
+        clean: dict[str, list[Any]] = {}
+        for axis, values in rule.items():
+            axis = str(axis)
+            if axis not in grid:
+                raise SweepError(f"{where}: exclude[{i}]: {axis!r} is not a grid axis (axes: {', '.join(grid)})")
+            values = values if isinstance(values, list) else [values]
+            for value in values:
+                if value not in grid[axis]:
+                    raise SweepError(f"{where}: exclude[{i}].{axis}: {value!r} is not one of the grid's values "
+                                     f"({', '.join(map(str, grid[axis]))})")
+            clean[axis] = values
+        parsed.append(clean)
+    return parsed
+
+
+def _parse_resources(value: Any, where: str, default: Resources) -> Resources:
+    if value is None:
+        return default
+    if not isinstance(value, dict):
+        raise SweepError(f"{where}: expected a mapping like {{cpus: 1, gpus: auto}}")
+    unknown = sorted(set(value) - {"cpus", "gpus"})
+    if unknown:
+        raise SweepError(f"{where}: unknown key {unknown[0]!r} (valid: cpus, gpus)")
+    cpus = value.get("cpus", default.cpus)
+    gpus = value.get("gpus", "auto" if default.gpus is None else default.gpus)
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus < 0:
+        raise SweepError(f"{where}.cpus={cpus!r}: expected a number >= 0")
+    if gpus == "auto" or gpus is None:
+        return Resources(float(cpus), None)
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
+        raise SweepError(f"{where}.gpus={gpus!r}: expected a number >= 0 or auto")
+    if gpus > 1 and gpus != int(gpus):
+        raise SweepError(f"{where}.gpus={gpus!r}: more than one GPU must be a whole number")
+    return Resources(float(cpus), float(gpus))
+
+
+def _parse_count(value: Any, where: str, allow_auto: bool, minimum: int) -> int | None:
+    if allow_auto and value in ("auto", None):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        valid = f"an integer >= {minimum}" + (" or auto" if allow_auto else "")
+        raise SweepError(f"{where}={value!r}: expected {valid}")
+    return value
+
+
+def _default_mode(overrides: Sequence[str]) -> str:
+    """The experiment_mode of trials whose grid does not set it (overrides first, then the config default)."""
+    for item in reversed(overrides):
+        if override_key(item) == "experiment_mode":
+            return item.split("=", 1)[1].strip().strip("'\"")
+    return str(compose_raw([]).get("experiment_mode", "no_context"))
+
+
+def _expand(grid: dict[str, list[Any]], rules: list[dict[str, list[Any]]], default_mode: str,
+            where: str) -> list[dict[str, Any]]:
+    """Grid product, minus excluded combinations, with retrieval axes collapsed outside retriever_context."""
+    axes = list(grid)
+    combos: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for values in itertools.product(*(grid[a] for a in axes)):
+        combo = dict(zip(axes, values))
+        if any(all(combo[a] in vals for a, vals in rule.items()) for rule in rules):
+            continue
+        if combo.get("experiment_mode", default_mode) != "retriever_context":
+            combo = {a: v for a, v in combo.items() if not is_retrieval_axis(a)}
+        marker = json.dumps(combo, sort_keys=True, default=str)
+        if marker not in seen:
+            seen.add(marker)
+            combos.append(combo)
+    if not combos:
+        raise SweepError(f"{where}: every combination of the grid is excluded: no trials to run")
+    return combos
+
+
+def _describe_combo(combo: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in combo.items()) or "no axes"

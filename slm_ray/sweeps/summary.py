@@ -1,0 +1,271 @@
+"""A sweep's summary, rebuilt from its folder alone: summary.csv/json/md and PNG plots.
+
+One row per trial, read from ``trials/<name>/results.json`` (what the experiment measured),
+``trials/<name>/trial.json`` (where it ran, or why it failed) and ``sweep.json`` (the plan: trials
+that never ran show as pending). The retriever's memory is the shared actor's, from
+``sweep_stats.json`` when the sweep engine wrote it, else from the trial's retriever_info.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from slm_ray.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("slm_ray.sweep")
+
+METRICS = ("token_recall", "exact_match", "f1", "match", "retrieval_recall")
+COLUMNS = (
+    "trial", "model", "dataset", "mode", "retriever", "k", "n_examples",
+    "token_recall", "token_recall_ci_low", "token_recall_ci_high", "exact_match", "f1", "match",
+    "retrieval_recall", "examples_per_second", "tokens_per_second", "model_load_seconds", "model_loaded_in_trial",
+    "model_peak_rss_mb", "model_peak_gpu_mb", "retriever_peak_rss_mb", "retriever_peak_gpu_mb",
+    "node_id", "actor", "status", "error",
+)
+PLOTS = ("token_recall.png", "memory.png", "throughput.png")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0
+
+
+def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Peak memory of each shared retriever actor of the last run, by index key."""
+    found: dict[str, dict[str, Any]] = {}
+    for run in [((stats or {}).get("last_run") or {})]:
+        for actor in run.get("retriever_actors") or []:
+            if actor.get("index_key") and actor.get("memory"):
+                found[actor["index_key"]] = actor["memory"]
+    return found
+
+
+def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per trial of the sweep (the plan's order; trials found only on disk after them)."""
+    sweep_dir = Path(sweep_dir)
+    plan = _read_json(sweep_dir / "sweep.json") or {}
+    stats = _read_json(sweep_dir / "sweep_stats.json")
+    shared_memory = _retriever_memory(stats)
+    planned = {t["name"]: t for t in plan.get("trials", [])}
+    trials_dir = sweep_dir / "trials"
+    names = list(planned)
+    if trials_dir.is_dir():
+        names += sorted(p.name for p in trials_dir.iterdir() if p.is_dir() and p.name not in planned
+                        and ((p / "results.json").is_file() or (p / "trial.json").is_file()))
+    return [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
+
+
+def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    results = _read_json(folder / "results.json")
+    record = _read_json(folder / "trial.json") or {}
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(trial=name, model=planned.get("model"), dataset=planned.get("dataset"),
+               mode=planned.get("experiment_mode"), retriever=planned.get("retriever"), k=planned.get("k"),
+               node_id=record.get("node_id"), actor=record.get("actor"),
+               model_loaded_in_trial=record.get("model_loaded_now"))
+    if results:
+        metrics = results.get("metrics") or {}
+        throughput = results.get("throughput") or {}
+        memory = results.get("memory") or {}
+        model_memory = memory.get("model") or {}
+        retriever_info = results.get("retriever_info") or {}
+        retriever_memory = (shared_memory.get(retriever_info.get("index_key"))
+                            or retriever_info.get("memory") or memory.get("retriever") or {})
+        row.update(model=results.get("model"), dataset=results.get("dataset"), mode=results.get("experiment_mode"),
+                   retriever=results.get("retriever"), k=results.get("k"), n_examples=results.get("n_examples"),
+                   examples_per_second=throughput.get("examples_per_second"),
+                   tokens_per_second=throughput.get("tokens_per_second"),
+                   model_load_seconds=throughput.get("model_load_seconds"),
+                   model_peak_rss_mb=model_memory.get("peak_rss_mb"),
+                   model_peak_gpu_mb=_gpu(model_memory),
+                   retriever_peak_rss_mb=retriever_memory.get("peak_rss_mb"),
+                   retriever_peak_gpu_mb=_gpu(retriever_memory),
+                   status="ok", error=None)
+        for metric in METRICS:
+            if metric in metrics:
+                row[metric] = metrics[metric]["mean"]
+        if "token_recall" in metrics:
+            row["token_recall_ci_low"] = metrics["token_recall"]["ci_low"]
+            row["token_recall_ci_high"] = metrics["token_recall"]["ci_high"]
+    elif record.get("status") == "failed":
+        row.update(status="failed", error=record.get("error"))
+    else:
+        done = _count_lines(folder / "predictions.jsonl")
+        row.update(status=f"incomplete ({done} predictions)" if done else "pending", n_examples=done or None)
+    return row
+
+
+def _gpu(memory: dict[str, Any]) -> float | None:
+    values = [memory.get(k) for k in ("peak_gpu_mb", "torch_peak_reserved_mb", "torch_peak_allocated_mb")]
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write summary.csv, summary.json, summary.md and the plots; returns paths and status counts."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_rows(sweep_dir)
+    plan = _read_json(sweep_dir / "sweep.json") or {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        status = row["status"] if row["status"] in ("ok", "failed", "pending") else "incomplete"
+        counts[status] = counts.get(status, 0) + 1
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+    atomic_write_json(sweep_dir / "summary.json", {"sweep": plan.get("name", sweep_dir.name),
+                                                   "description": plan.get("description"),
+                                                   "counts": counts, "trials": rows})
+    atomic_write_text(sweep_dir / "summary.md", render_markdown(plan.get("name", sweep_dir.name),
+                                                                plan.get("description"), rows,
+                                                                _read_json(sweep_dir / "sweep_stats.json")))
+    plots = write_plots(sweep_dir, rows)
+    return {"rows": rows, "counts": counts, "plots": plots,
+            "files": [str(sweep_dir / f) for f in ("summary.csv", "summary.json", "summary.md")]}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(name: str, description: str | None, rows: list[dict[str, Any]],
+                    stats: dict[str, Any] | None = None) -> str:
+    """The summary table (plus the sweep's load/build counts) as Markdown."""
+    header = ["trial", "model", "dataset", "mode", "retriever", "k", "n", "token recall [95% CI]", "EM", "F1",
+              "match", "recall@k", "ex/s", "load s", "model RSS MB", "model GPU MB", "retr. RSS MB", "status"]
+    lines = [f"# Sweep {name}", ""]
+    if description:
+        lines += [description, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        recall = ""
+        if r["token_recall"] is not None:
+            recall = f"{r['token_recall']:.3f} [{r['token_recall_ci_low']:.3f}, {r['token_recall_ci_high']:.3f}]"
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+        cells = [r["trial"], r["model"], r["dataset"], r["mode"], r["retriever"], r["k"], r["n_examples"], recall,
+                 _fmt(r["exact_match"]), _fmt(r["f1"]), _fmt(r["match"]), _fmt(r["retrieval_recall"]),
+                 _fmt(r["examples_per_second"], 2), _fmt(r["model_load_seconds"], 1), _fmt(r["model_peak_rss_mb"], 0),
+                 _fmt(r["model_peak_gpu_mb"], 0), _fmt(r["retriever_peak_rss_mb"], 0), status]
+        lines.append("| " + " | ".join(_fmt(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    last = (stats or {}).get("last_run") or {}
+    if last:
+        lines += ["", f"Last run {last.get('run_id')}: {last.get('wall_seconds')} s wall, "
+                  f"trials {last.get('trials')}, outcome {last.get('trials_outcome', {})}, "
+                  f"model loads {last.get('model_loads')}, indexes built {last.get('indexes_built')}."]
+    lines += ["", "recall@k is the share of questions whose context (retrieved or gold) contains a gold answer; "
+              "memory is the peak RSS of the generator's process while it generated and of the shared "
+              "retriever actor.", ""]
+    return "\n".join(lines)
+
+
+def write_plots(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """Token recall by model and mode (with 95% CIs), peak memory by model, throughput."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in ok))
+    written = []
+
+    def config_label(r: dict[str, Any]) -> str:
+        label = r["mode"]
+        if r["mode"] == "retriever_context":
+            label += f" {r['retriever']}-k{r['k']}"
+        datasets = {x["dataset"] for x in ok}
+        return f"{r['dataset']}: {label}" if len(datasets) > 1 else label
+
+    def grouped(ax: Any, value_key: str, err: bool) -> None:
+        labels = list(dict.fromkeys(config_label(r) for r in ok))
+        width = 0.8 / max(1, len(labels))
+        for j, label in enumerate(labels):
+            xs, ys, lo, hi = [], [], [], []
+            for i, model in enumerate(models):
+                match = [r for r in ok if r["model"] == model and config_label(r) == label and r[value_key] is not None]
+                if not match:
+                    continue
+                r = match[0]
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(r[value_key])
+                if err:
+                    low = r["token_recall_ci_low"] if r["token_recall_ci_low"] is not None else r[value_key]
+                    high = r["token_recall_ci_high"] if r["token_recall_ci_high"] is not None else r[value_key]
+                    lo.append(max(0.0, r[value_key] - low))
+                    hi.append(max(0.0, high - r[value_key]))
+            if xs:
+                ax.bar(xs, ys, width=width, label=label, yerr=[lo, hi] if err else None, capsize=3 if err else 0)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, rotation=20, ha="right")
+        ax.legend(fontsize=7)
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 3), 4.5))
+    grouped(ax, "token_recall", err=True)
+    ax.set_ylabel("token recall (95% bootstrap CI)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Token recall by model and mode")
+    written.append(_save(fig, sweep_dir / "token_recall.png"))
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(models) + 3), 4.5))
+    series = [("model peak RSS", "model_peak_rss_mb"), ("model peak GPU", "model_peak_gpu_mb")]
+    retrievers = list(dict.fromkeys((r["retriever"], r["retriever_peak_rss_mb"]) for r in ok
+                                    if r["retriever"] and r["retriever_peak_rss_mb"] is not None))
+    width = 0.8 / len(series)
+    for j, (label, key) in enumerate(series):
+        values = [max((r[key] for r in ok if r["model"] == m and r[key] is not None), default=0.0) for m in models]
+        if any(values):
+            ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(models))], values, width=width, label=label)
+    for n, (name, peak) in enumerate(dict(retrievers).items()):
+        ax.bar(len(models) + n, peak, width=0.5, label=f"retriever {name} (actor)", color="grey")
+    ticks = models + [f"retriever\n{name}" for name in dict(retrievers)]
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, rotation=20, ha="right")
+    ax.set_ylabel("MB")
+    ax.set_title("Peak memory by model (and shared retriever actors)")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, sweep_dir / "memory.png"))
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 3), 4.5))
+    grouped(ax, "examples_per_second", err=False)
+    ax.set_ylabel("examples / s (generation)")
+    ax.set_title("Throughput by model and mode")
+    written.append(_save(fig, sweep_dir / "throughput.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return str(path)

@@ -1,0 +1,216 @@
+"""Pieces of the sweep engine without Ray: the worker pool's assignment policy, the shared retriever's
+memoised disk cache, resume states, and the summary / report rebuilt from trial folders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slm_ray.retrieval.service import RetrieverClient, RetrieverService, service_key
+from slm_ray.sweeps.actors import WorkerPool
+from slm_ray.sweeps.spec import SweepError, load_sweep
+
+
+class FakePool(WorkerPool):
+    """The real policy with workers that are plain records; counts model loads like a worker does."""
+
+    def __init__(self, remaining: dict[str, int], max_workers: int):
+        super().__init__("ns", "pool", remaining, max_workers)
+        self.loads: dict[str, dict[str, int]] = {}
+        self.killed: list[str] = []
+        self.holding: dict[str, str | None] = {}
+
+    def _create(self, shape: tuple[float, float]) -> dict[str, Any]:
+        self.created += 1
+        name = f"w{self.created}"
+        worker = {"name": name, "handle": None, "shape": shape, "model_key": None, "busy": False, "trial": None,
+                  "last_used": 0.0, "loads": {}, "node_id": None, "trials": []}
+        self.workers[name] = worker
+        self.holding[name] = None
+        return worker
+
+    def _retire(self, worker: dict[str, Any]) -> None:
+        self.workers.pop(worker["name"], None)
+        self.retired[worker["name"]] = worker
+        self.killed.append(worker["name"])
+
+    async def take(self, trial: str, model: str, shape: tuple[float, float] = (1.0, 0.0)) -> str:
+        name, _ = await self.acquire(trial, model, *shape)
+        if self.holding[name] != model:  # what GeneratorWorker._ensure_model does
+            self.holding[name] = model
+            self.loads.setdefault(name, {}).setdefault(model, 0)
+            self.loads[name][model] += 1
+        return name
+
+
+def test_pool_loads_each_model_once_per_worker() -> None:
+    async def scenario() -> FakePool:
+        pool = FakePool({"A": 3, "B": 3}, max_workers=2)
+        w1 = await pool.take("a1", "A")
+        w2 = await pool.take("a2", "A")
+        await pool.release(w1, "a1")
+        assert await pool.take("a3", "A") == w1          # same model idle: reused
+        await pool.release(w2, "a2")
+        assert await pool.take("b1", "B") == w2          # A has no trials left: w2 switches to B
+        await pool.release(w1, "a3")
+        assert await pool.take("b2", "B") == w1
+        await pool.release(w2, "b1")
+        assert await pool.take("b3", "B") == w2
+        return pool
+
+    pool = asyncio.run(scenario())
+    assert pool.loads == {"w1": {"A": 1, "B": 1}, "w2": {"A": 1, "B": 1}}
+    assert pool.created == 2 and not pool.killed
+
+
+def test_pool_waits_for_a_free_worker_and_retires_other_shapes() -> None:
+    async def scenario() -> FakePool:
+        pool = FakePool({"A": 2, "B": 1}, max_workers=1)
+        w1 = await pool.take("a1", "A")
+        waiting = asyncio.ensure_future(pool.take("a2", "A"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()                         # at most max_workers at once
+        await pool.release(w1, "a1")
+        assert await waiting == w1
+        await pool.release(w1, "a2")
+        w = await pool.take("b1", "B", shape=(1.0, 1.0))  # another shape: the idle worker is retired
+        assert w == "w2" and pool.killed == ["w1"]
+        return pool
+
+    asyncio.run(scenario())
+
+
+def test_pool_relays_progress_and_lines() -> None:
+    async def scenario() -> None:
+        pool = FakePool({}, 1)
+        await pool.push("t", {"examples_done": 3.0}, ["a", "b"])
+        await pool.push("t", {}, ["c"])
+        assert await pool.pull("t") == ({"examples_done": 3.0}, ["a", "b", "c"])
+        assert await pool.pull("t") == ({"examples_done": 3.0}, [])
+
+    asyncio.run(scenario())
+
+
+def _service(tmp_path: Path, corpus: Path, cache: Path) -> RetrieverService:
+    from slm_ray.composition import compose_config
+
+    cfg = compose_config(["corpus=file", f"corpus.path={corpus}", "retriever=bm25", f"experiment.cache_dir={cache}"])
+    return RetrieverService(service_key(cfg), cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(),
+                            str(cache), str(tmp_path), memory_interval_s=0.05)
+
+
+def test_retriever_service_memoises_and_caches_on_disk(tmp_path: Path, small_corpus: Path) -> None:
+    cache = tmp_path / "cache"
+    queries = ["who wrote the song", "where is the capital", "who wrote the song"]
+    first = _service(tmp_path, small_corpus, cache)
+    first.warmup()
+    hits = first.retrieve(queries, 3)
+    assert [len(h) for h in hits] == [3, 3, 3] and hits[0] == hits[2]
+    assert first.queries_searched == 2 and first.queries_from_cache == 1
+    first.retrieve(queries[:1], 3)
+    assert first.queries_searched == 2
+    stats = first.stats()
+    assert stats["index_built_now"] is True and stats["memory"]["peak_rss_mb"] > 0
+    assert stats["index_key"].startswith("bm25-") and stats["n_passages"] == 80
+    first.monitor.stop()
+
+    cache_file = next((cache / "retrievals").glob("*-k3.jsonl"))
+    with open(cache_file, "a") as handle:
+        handle.write('{"q": "torn')                      # a crash mid-append
+    second = _service(tmp_path, small_corpus, cache)
+    again = second.retrieve(queries, 3)
+    assert again == hits
+    assert second.queries_searched == 0 and second._retriever is None   # no index needed, no search
+    assert cache_file.read_text().endswith("\n") and len(cache_file.read_text().splitlines()) == 2
+    assert second.retrieve(["a new question"], 3) and second.queries_searched == 1
+    assert second.describe()["index_built_now"] is False
+    second.monitor.stop()
+
+
+def test_retriever_client_pickles_without_a_handle() -> None:
+    import pickle
+
+    client = RetrieverClient("retriever-x", "ns")
+    client._handle = object()
+    copy = pickle.loads(pickle.dumps(client))
+    assert copy.actor_name == "retriever-x" and copy.namespace == "ns" and copy._handle is None
+
+
+def _run_tiny(trial: Any, cache: Path) -> dict[str, Any]:
+    from slm_ray.experiment import run_experiment
+
+    return run_experiment(trial.config, show_progress=False)
+
+
+def test_resume_states_report_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          sweep_cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from slm_ray.report import main as report_main
+    from slm_ray.sweeps.engine import trial_state
+    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.io import atomic_write_json
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""
+name: rep
+overrides: [dataset.limit=4, tracker=none, "experiment.cache_dir={sweep_cache_dir}", experiment.bootstrap_resamples=50]
+grid:
+  model: [tiny_llama]
+  experiment_mode: [no_context, oracle_context, retriever_context]
+""")
+    plan = load_sweep(sweep)
+    nc, oc, rc = plan.trials
+    assert {trial_state(t, tmp_path) for t in plan.trials} == {"new"}
+    _run_tiny(nc, sweep_cache_dir)
+    _run_tiny(rc, sweep_cache_dir)
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "rep"
+    atomic_write_json(sweep_dir / "sweep.json", plan.to_json())
+    atomic_write_json(sweep_dir / "trials" / oc.name / "trial.json", {"status": "failed", "error": "DataError: boom"})
+    assert trial_state(nc, tmp_path) == "complete" and trial_state(oc, tmp_path) == "new"
+
+    # the same trial name with another config is refused before anything runs
+    changed = load_sweep(sweep, ["dataset.limit=3"])
+    with pytest.raises(SweepError, match="holds a run with a different config"):
+        trial_state(changed.trials[0], tmp_path)
+
+    summary = write_summary(sweep_dir)
+    assert summary["counts"] == {"ok": 2, "failed": 1}
+    rows = {r["trial"]: r for r in summary["rows"]}
+    assert rows[oc.name]["status"] == "failed" and rows[oc.name]["error"] == "DataError: boom"
+    assert rows[rc.name]["k"] == 5 and rows[rc.name]["retrieval_recall"] is not None
+    assert rows[nc.name]["token_recall_ci_low"] is not None and rows[nc.name]["n_examples"] == 4
+    assert len(summary["plots"]) == 3
+
+    for name in ("summary.csv", "summary.json", "summary.md", "token_recall.png", "memory.png", "throughput.png"):
+        (sweep_dir / name).unlink()
+    assert report_main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny_llama-nq-no_context |" in out and "failed: DataError: boom" in out
+    csv_lines = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("trial,model,dataset,mode,retriever,k,n_examples,token_recall")
+    assert len(csv_lines) == 4
+    assert json.loads((sweep_dir / "summary.json").read_text())["counts"] == {"ok": 2, "failed": 1}
+    assert report_main([str(tmp_path / "nope")]) == 2
+    assert "sweep folder not found" in capsys.readouterr().err
+
+
+def test_capacity_counts_workers_next_to_retriever_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from slm_ray.sweeps.engine import _capacity
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}},
+             {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 96.0, "GPU": 8.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert _capacity({(2.0, 1.0)}, 0, (0.0, 0.0)) == 1          # one GPU alive
+    assert _capacity({(2.0, 0.25)}, 0, (0.0, 0.0)) == 4         # four shares of it
+    assert _capacity({(1.0, 0.0)}, 0, (0.0, 0.0)) == 16
+    assert _capacity({(1.0, 0.0), (2.0, 1.0)}, 0, (0.0, 0.0)) == 1   # the largest shape decides
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    assert _capacity({(1.0, 0.0)}, 1, (1.0, 0.0)) == 1          # a retriever actor takes a CPU
+    assert _capacity({(2.0, 0.0)}, 2, (1.0, 0.0)) == 0
