@@ -14,7 +14,7 @@ import logging
 import platform
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -91,8 +91,7 @@ def build_local_retriever(cfg: ExperimentConfig) -> Any:
     return build_or_load(cfg.retriever, load_corpus(cfg.corpus, cfg.experiment.cache_dir), cfg.experiment.cache_dir)[0]
 
 
-def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Retriever | None,
-                 monitor: MemoryMonitor) -> list[list[Passage] | None]:
+def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Retriever | None) -> list[list[Passage] | None]:
     """The passages each example is answered with: none, its gold passage, or the top-k."""
     mode = cfg.experiment_mode
     if mode == "no_context":
@@ -102,11 +101,10 @@ def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Re
     assert retriever is not None
     passages: list[list[Passage] | None] = []
     step = cfg.experiment.retrieval_batch_size
-    with monitor.phase("retriever"):
-        for start in range(0, len(examples), step):
-            batch = examples[start:start + step]
-            hits = retriever.retrieve([e.question for e in batch], cfg.retriever.k)
-            passages.extend([h.passage for h in row] for row in hits)
+    for start in range(0, len(examples), step):
+        batch = examples[start:start + step]
+        hits = retriever.retrieve([e.question for e in batch], cfg.retriever.k)
+        passages.extend([h.passage for h in row] for row in hits)
     return passages
 
 
@@ -224,11 +222,13 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
         contexts: list[list[Passage] | None] = []
         if pending:
             started = time.perf_counter()
-            if cfg.experiment_mode == "retriever_context":
-                with monitor.phase("retriever"):
+            # A borrowed retriever (the sweep's shared actor) measures its memory in its own process.
+            measure_here = retriever is None and cfg.experiment_mode == "retriever_context"
+            with monitor.phase("retriever") if measure_here else nullcontext():
+                if cfg.experiment_mode == "retriever_context":
                     retriever = retriever or build_local_retriever(cfg)
-                retriever_info = getattr(retriever, "describe", lambda: None)()
-            contexts = contexts_for(cfg, pending, retriever, monitor)
+                    retriever_info = getattr(retriever, "describe", lambda: None)()
+                contexts = contexts_for(cfg, pending, retriever)
             timing["retrieval_seconds"] = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)
         stack.enter_context(log_to_file(out / "run.log"))
@@ -344,6 +344,8 @@ def _stream(tracker: Any, running: dict[str, float], timing: dict[str, float], m
                                       "gpu": memory.get("gpu_mb")}, step)
     if progress:
         progress({"examples_done": step, "examples_per_second": speed, "peak_rss_mb": memory.get("peak_rss_mb") or 0.0,
+                  "peak_gpu_mb": memory.get("peak_gpu_mb") or 0.0,
+                  "torch_peak_allocated_mb": memory.get("torch_peak_allocated_mb") or 0.0,
                   **{f"running_{k}": v for k, v in running.items()}})
 
 
