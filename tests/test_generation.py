@@ -111,3 +111,42 @@ def test_cuda_and_flash_attention_refused_without_a_gpu(shared_cache) -> None:
     with pytest.raises(ConfigError, match="flash_attention_2"):
         resolve_attention("flash_attention_2", "cpu")
     assert resolve_attention("auto", "cpu") == "sdpa"
+
+
+def test_oom_halves_the_batch(shared_cache, monkeypatch) -> None:
+    """A batch that does not fit is halved and retried, down to 1; answers stay the same."""
+    from slm_ray.composition import compose_config
+
+    cfg = compose_config(["model=tiny_llama", f"experiment.cache_dir={shared_cache}", "model.batch_size=8",
+                          "model.stop=[]", "model.max_new_tokens=4"])
+    generator = build_generator(cfg)
+    prompts = [generator.render([{"role": "user", "content": q}]) for q in QUESTIONS]
+    expected = {i: g.text for ix, gens in generator.generate_batches(prompts) for i, g in zip(ix, gens)}
+    real_generate = generator._generate
+
+    def fits_two(rows):
+        if len(rows) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(rows)
+
+    monkeypatch.setattr(generator, "_generate", fits_two)
+    answers = {i: g.text for ix, gens in generator.generate_batches(prompts) for i, g in zip(ix, gens)}
+    assert answers == expected
+    facts = generator.describe()
+    assert facts["batch_limit"] <= 2 and facts["oom_halvings"] >= 1
+
+
+def test_oom_on_a_single_prompt_fails_clearly(shared_cache, monkeypatch) -> None:
+    from slm_ray.composition import compose_config
+    from slm_ray.generation.base import GenerationOutOfMemory
+
+    cfg = compose_config(["model=tiny_llama", f"experiment.cache_dir={shared_cache}", "model.batch_size=4"])
+    generator = build_generator(cfg)
+
+    def never_fits(rows):
+        raise MemoryError()
+
+    monkeypatch.setattr(generator, "_generate", never_fits)
+    with pytest.raises(GenerationOutOfMemory, match="out of memory on a single prompt with model=tiny_llama"):
+        list(generator.generate_batches([generator.render([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]))
+    assert generator.batch_limit == 1

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from slm_ray.errors import SlmRayError
+
+log = logging.getLogger("slm_ray.generation")
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -26,12 +33,53 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
+class GenerationOutOfMemory(SlmRayError):
+    """Even a batch of one prompt does not fit in memory."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, a host MemoryError, or a backend's "out of memory" RuntimeError."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+
+
 class BaseModel(ABC):
     """A loaded language model that turns chat messages into short answers, batch by batch."""
 
     def __init__(self, config: Any):
         self.config = config
         self.load_seconds: float = 0.0
+        #: Largest batch that has fitted so far: halved on each out-of-memory error.
+        self.batch_limit: int = config.batch_size
+        self.oom_halvings: int = 0
+
+    def run_batch(self, rows: list[Row], generate: Callable[[list[Row]], list[Generation]]) -> list[Generation]:
+        """``generate(rows)`` in pieces of at most ``batch_limit`` rows; out of memory halves the
+        limit and retries, down to one row, after which the run fails with a clear message."""
+        results: list[Generation] = []
+        start = 0
+        while start < len(rows):
+            piece = rows[start:start + self.batch_limit]
+            try:
+                results.extend(generate(piece))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.free_memory()
+                if len(piece) == 1:
+                    raise GenerationOutOfMemory(
+                        f"out of memory on a single prompt with model={self.config.name}: lower "
+                        "model.max_prompt_tokens or retriever.k, or try model.load_in_8bit=true") from None
+                self.batch_limit = len(piece) // 2
+                self.oom_halvings += 1
+                log.warning("out of memory on a batch of %d; retrying with batches of %d", len(piece), self.batch_limit)
+                continue
+            start += len(piece)
+        return results
+
+    def free_memory(self) -> None:
+        """Release what a failed or long run holds (backends with a GPU cache extend this)."""
+        gc.collect()
 
     @abstractmethod
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -54,8 +102,9 @@ class BaseModel(ABC):
         """
 
     def describe(self) -> dict[str, Any]:
-        """Facts for results.json: what was loaded, where, how."""
-        return {"name": self.config.name, "backend": self.config.backend, "load_seconds": round(self.load_seconds, 3)}
+        """Facts for results.json: what was loaded, where, how, and any batch halving it needed."""
+        return {"name": self.config.name, "backend": self.config.backend, "load_seconds": round(self.load_seconds, 3),
+                "batch_size": self.config.batch_size, "batch_limit": self.batch_limit, "oom_halvings": self.oom_halvings}
 
     def close(self) -> None:
         """Release the model's memory (engines that hold a GPU override this)."""
