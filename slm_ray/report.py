@@ -1,23 +1,40 @@
-"""Rebuild a sweep's summary from its trial folders.
+"""Rebuild a sweep's summary from its trial folders, or check every number of it.
 
     python -m slm_ray.report outputs/sweeps/sizes_500
+    python -m slm_ray.report --verify outputs/sweeps/sizes_500      (or an experiment folder)
 
 Reads trials/*/results.json and trial.json (plus sweep.json and sweep_stats.json when present) and
 writes summary.csv, summary.json, summary.md and the plots (token_recall.png, memory.png,
 throughput.png) into the sweep folder, then prints the Markdown table.
+
+``--verify`` writes nothing: it re-scores every prediction of every finished trial from its
+predictions.jsonl (score_example against the row's answers and contexts), aggregates them with the
+bootstrap settings of the trial's config.json, and compares with results.json (and, for a sweep,
+with summary.json and summary.csv). It also checks that every example of the dataset has exactly
+one prediction line. Exit 0 with "verified N trials", or exit 1 naming each trial, metric and both
+values that differ.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from slm_ray.cli import run_cli
 
+VERIFY_FAILED = 1
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_report, __doc__ or "", argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--verify" in args:
+        args.remove("--verify")
+        return run_cli(_verify_cli, __doc__ or "", args)
+    return run_cli(_report, __doc__ or "", args)
 
 
 def _report(arguments: list[str], print_config: bool) -> int:
@@ -35,6 +52,186 @@ def _report(arguments: list[str], print_config: bool) -> int:
     print((folder / "summary.md").read_text(encoding="utf-8"))
     print(f"wrote {', '.join(summary['files'] + summary['plots'])}")
     return 0
+
+
+# --- --verify --------------------------------------------------------------------------------------
+
+
+def _verify_cli(arguments: list[str], print_config: bool) -> int:
+    from slm_ray.errors import SlmRayError
+
+    if len(arguments) != 1:
+        raise SlmRayError("give one folder: python -m slm_ray.report --verify <sweep folder or experiment folder>")
+    folder = Path(arguments[0])
+    if not folder.is_dir():
+        raise SlmRayError(f"folder not found: {folder}")
+    checked, problems = verify(folder)
+    for problem in problems:
+        print(f"MISMATCH {problem}", file=sys.stderr)
+    if problems:
+        print(f"verification FAILED: {len(problems)} difference(s) in {folder}", file=sys.stderr)
+        return VERIFY_FAILED
+    print(f"verified {checked} trials")
+    return 0
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def verify(folder: str | Path) -> tuple[int, list[str]]:
+    """(trials checked, differences found) for a sweep folder or one experiment folder."""
+    from slm_ray.errors import SlmRayError
+
+    folder = Path(folder)
+    if (folder / "results.json").is_file():
+        trials = {folder.name: folder}
+        sweep = False
+    elif (folder / "trials").is_dir():
+        trials = {p.name: p for p in sorted((folder / "trials").iterdir())
+                  if p.is_dir() and (p / "results.json").is_file()}
+        sweep = True
+    else:
+        raise SlmRayError(f"{folder} holds neither results.json nor trials/: nothing to verify")
+    problems: list[str] = []
+    recomputed: dict[str, dict[str, Any]] = {}
+    for name, path in trials.items():
+        try:
+            recomputed[name] = _verify_trial(name, path, problems)
+        except SlmRayError as exc:
+            problems.append(f"{name}: {exc}")
+    if sweep:
+        _verify_summary(folder, recomputed, problems)
+    return len(trials), problems
+
+
+def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
+    """Re-score one trial; append its differences to ``problems``; return the recomputed summary row."""
+    from slm_ray.config import ExperimentConfig
+    from slm_ray.errors import SlmRayError
+    from slm_ray.evaluation.metrics import aggregate, score_example
+    from slm_ray.experiment import PREDICTIONS
+
+    try:
+        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+        raw_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SlmRayError(f"unreadable results.json or config.json: {exc}") from None
+    experiment = raw_config.get("experiment") or {}
+    resamples = int(experiment.get("bootstrap_resamples", 1000))
+    seed = int(experiment.get("seed", 0))
+    rows: list[dict[str, Any]] = []
+    text = (path / PREDICTIONS).read_text(encoding="utf-8") if (path / PREDICTIONS).is_file() else ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            problems.append(f"{name}: {PREDICTIONS} line {number} is not valid JSON")
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row.get("id")] = seen.get(row.get("id"), 0) + 1
+    for example_id, count in seen.items():
+        if count > 1:
+            problems.append(f"{name}: example {example_id!r} has {count} prediction lines (expected 1)")
+    unique = {row.get("id"): row for row in rows}
+    order = _dataset_order(raw_config)
+    if order is not None:
+        missing = [i for i in order if i not in unique]
+        extra = [i for i in unique if i not in set(order)]
+        if missing:
+            problems.append(f"{name}: {len(missing)} example(s) of the dataset have no prediction, "
+                            f"e.g. {missing[:3]}")
+        if extra:
+            problems.append(f"{name}: {len(extra)} prediction(s) for examples not in the dataset, e.g. {extra[:3]}")
+        position = {example_id: i for i, example_id in enumerate(order)}
+        ordered = sorted((r for r in unique.values() if r.get("id") in position), key=lambda r: position[r["id"]])
+    else:
+        ordered = list(unique.values())
+    mode = raw_config.get("experiment_mode")
+    scores = []
+    for row in ordered:
+        contexts = row.get("contexts")
+        texts = ([f"{c.get('title', '')}\n{c.get('text', '')}" for c in contexts]
+                 if mode == "retriever_context" and contexts is not None else None)
+        score = score_example(row.get("prediction") or "", list(row.get("answers") or []), texts)
+        for metric, value in score.items():
+            stored = (row.get("metrics") or {}).get(metric)
+            if not _same(stored, value):
+                problems.append(f"{name}: example {row.get('id')!r} {metric}: predictions.jsonl says {stored}, "
+                                f"recomputed {value}")
+        scores.append(score)
+    metrics = aggregate(scores, n_resamples=resamples, seed=seed)
+    if not _same(results.get("n_examples"), len(ordered)):
+        problems.append(f"{name}: n_examples: results.json says {results.get('n_examples')}, "
+                        f"recomputed {len(ordered)}")
+    stored_metrics = results.get("metrics") or {}
+    for metric in sorted(set(metrics) | set(stored_metrics)):
+        for field in ("mean", "ci_low", "ci_high", "n"):
+            stored = (stored_metrics.get(metric) or {}).get(field)
+            value = (metrics.get(metric) or {}).get(field)
+            if not _same(stored, value):
+                problems.append(f"{name}: {metric}.{field}: results.json says {stored}, recomputed {value}")
+    return {"n_examples": len(ordered), "metrics": metrics}
+
+
+def _dataset_order(raw_config: dict[str, Any]) -> list[str] | None:
+    """The example ids of the trial's dataset in its order (None when the dataset cannot be read here)."""
+    from slm_ray.config import ExperimentConfig
+    from slm_ray.experiment import build_dataset
+
+    try:
+        cfg = ExperimentConfig.model_validate(raw_config)
+        return [e.id for e in build_dataset(cfg)]
+    except Exception as exc:  # masked secrets, a dataset on another machine: fall back to the file
+        print(f"note: dataset not readable here ({type(exc).__name__}); checking predictions as written",
+              file=sys.stderr)
+        return None
+
+
+def _summary_columns(recomputed: dict[str, Any]) -> dict[str, Any]:
+    from slm_ray.sweeps.summary import METRICS
+
+    metrics = recomputed["metrics"]
+    values: dict[str, Any] = {"n_examples": recomputed["n_examples"]}
+    for metric in METRICS:
+        values[metric] = (metrics.get(metric) or {}).get("mean")
+    tr = metrics.get("token_recall") or {}
+    values["token_recall_ci_low"] = tr.get("ci_low")
+    values["token_recall_ci_high"] = tr.get("ci_high")
+    return values
+
+
+def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problems: list[str]) -> None:
+    """summary.json and summary.csv agree with the recomputed metrics (where they exist)."""
+    sources: dict[str, dict[str, dict[str, Any]]] = {}
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        sources["summary.json"] = {r["trial"]: r for r in summary.get("trials", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        with open(folder / "summary.csv", encoding="utf-8", newline="") as handle:
+            sources["summary.csv"] = {r["trial"]: r for r in csv.DictReader(handle)}
+    except (OSError, KeyError):
+        pass
+    for source, rows in sources.items():
+        for name, values in recomputed.items():
+            row = rows.get(name)
+            if row is None:
+                problems.append(f"{name}: missing from {source}")
+                continue
+            for column, value in _summary_columns(values).items():
+                stored = row.get(column)
+                if source == "summary.csv":
+                    stored = None if stored in (None, "") else float(stored)
+                if not _same(stored, value):
+                    problems.append(f"{name}: {column}: {source} says {stored}, recomputed {value}")
 
 
 if __name__ == "__main__":

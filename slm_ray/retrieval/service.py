@@ -27,6 +27,12 @@ log = logging.getLogger("slm_ray.retrieval.service")
 _NOT_RESULT_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
 #: Query-time settings that do change results (e.g. nprobe of an IVF index).
 _RESULT_QUERY_KEYS = QUERY_TIME_KEYS - _NOT_RESULT_KEYS
+#: Ray options of a retriever actor: a killed actor is restarted (its index is loaded from the
+#: cache, not rebuilt) and the calls it had not answered are sent again.
+RETRIEVER_RESTARTS = {"max_restarts": 3, "max_task_retries": 3}
+#: Attempts (and the pause between them) of a client call to an actor that is restarting.
+CLIENT_ATTEMPTS = 5
+CLIENT_RETRY_SECONDS = 1.0
 
 
 def service_key(cfg: Any) -> str:
@@ -216,15 +222,31 @@ class RetrieverClient:
             self._handle = ray.get_actor(self.actor_name, namespace=self.namespace)
         return self._handle
 
-    def retrieve(self, queries: list[str], k: int | None = None) -> list[list[RetrievedPassage]]:
+    def _call(self, method: str, *args: Any) -> Any:
+        """Call the actor; while it is being restarted (or was just recreated), look it up and try again."""
         import ray
 
-        return ray.get(self._actor().retrieve.remote(list(queries), k))
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            try:
+                try:
+                    handle = self._actor()
+                except ValueError as exc:  # no actor of that name (yet): between death and re-creation
+                    raise ray.exceptions.ActorUnavailableError(str(exc), None) from None
+                return ray.get(getattr(handle, method).remote(*args))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                if attempt == CLIENT_ATTEMPTS:
+                    raise
+                log.warning("retriever actor %s unavailable (%s); retrying in %.0fs (%d/%d)", self.actor_name,
+                            type(exc).__name__, CLIENT_RETRY_SECONDS, attempt, CLIENT_ATTEMPTS - 1)
+                self._handle = None
+                time.sleep(CLIENT_RETRY_SECONDS)
+        raise AssertionError("unreachable")
+
+    def retrieve(self, queries: list[str], k: int | None = None) -> list[list[RetrievedPassage]]:
+        return self._call("retrieve", list(queries), k)
 
     def describe(self) -> dict[str, Any]:
-        import ray
-
-        return {**ray.get(self._actor().describe.remote()), "actor": self.actor_name}
+        return {**self._call("describe"), "actor": self.actor_name}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"actor_name": self.actor_name, "namespace": self.namespace, "_handle": None}

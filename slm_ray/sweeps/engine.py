@@ -19,9 +19,10 @@ import os
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from slm_ray.io import atomic_write_json, atomic_write_text
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
@@ -31,6 +32,8 @@ log = logging.getLogger("slm_ray.sweep")
 POOL_NAME = "generator-pool"
 POLL_SECONDS = 1.0
 TRIAL_RECORD = "trial.json"
+#: How many times a trial whose generator worker died is resumed on a new worker.
+WORKER_RETRIES = 2
 
 
 class TrialFailed(RuntimeError):
@@ -78,44 +81,37 @@ def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx:
     import ray
     from ray import tune
 
-    from slm_ray.experiment import PREDICTIONS
-
     spec = trials[config["trial"]]
     head = Path(ctx["trials_dir"]) / spec["name"]
     pool = ray.get_actor(ctx["pool"], namespace=ctx["namespace"])
-    worker_name, worker = ray.get(pool.acquire.remote(spec["name"], spec["model_key"], spec["cpus"], spec["gpus"]))
-    payload = {**spec, "run_id": ctx["run_id"], "seed": {}}
-    if not ray.get(worker.sees_driver_disk.remote(spec["sweep_dir"], ctx["run_id"])):
-        payload["seed"] = _seed_files(head)  # its node has its own disk: resume from the driver's copy
     started = time.time()
-    record: dict[str, Any] = {"run_id": ctx["run_id"], "trial": spec["name"], "actor": worker_name,
-                              "retriever_actor": spec.get("retriever_actor"), "started": now_iso()}
-    head_ids: set[str] | None = None
-    last: dict[str, float] | None = None
-    ref = worker.run_trial.remote(payload)
-    try:
-        while True:
-            ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
-            values, lines = ray.get(pool.pull.remote(spec["name"]))
-            if lines:
-                head_ids = _append_new_predictions(head / PREDICTIONS, lines, head_ids)
-            if values and values != last:
-                last = values
-                tune.report({**values, "status": "running", "actor": worker_name})
-            if ready:
-                break
-        out = ray.get(ref)
-    except ray.exceptions.RayActorError as exc:
-        ray.get(pool.release.remote(worker_name, spec["name"], None, True))
-        message = f"generator actor {worker_name} died: {_first_line(exc)}"
-        _write_record(head, {**record, "status": "failed", "error": message, "seconds": round(time.time() - started, 3)})
-        raise TrialFailed(message) from None
-    except ray.exceptions.RayTaskError as exc:
-        ray.get(pool.release.remote(worker_name, spec["name"], None, False))
-        cause = getattr(exc, "cause", None) or exc
-        message = f"{type(cause).__name__}: {_first_line(cause)}"
-        _write_record(head, {**record, "status": "failed", "error": message, "seconds": round(time.time() - started, 3)})
-        raise TrialFailed(message) from None
+    deaths: list[str] = []
+    while True:  # a worker that dies (killed, OOM-killed, node lost) is replaced; the trial resumes
+        worker_name, worker = ray.get(pool.acquire.remote(spec["name"], spec["model_key"], spec["cpus"], spec["gpus"]))
+        record: dict[str, Any] = {"run_id": ctx["run_id"], "trial": spec["name"], "actor": worker_name,
+                                  "retriever_actor": spec.get("retriever_actor"), "started": now_iso(),
+                                  "worker_deaths": list(deaths)}
+        try:
+            out = _run_on_worker(spec, ctx, head, pool, worker_name, worker)
+            break
+        except ray.exceptions.RayActorError as exc:
+            ray.get(pool.release.remote(worker_name, spec["name"], None, True))
+            message = f"generator actor {worker_name} died: {_first_line(exc)}"
+            deaths.append(message)
+            if len(deaths) <= WORKER_RETRIES:
+                log.warning("trial %s: %s; resuming on a new worker (%d/%d)", spec["name"], message,
+                            len(deaths), WORKER_RETRIES)
+                continue
+            _write_record(head, {**record, "status": "failed", "error": message, "worker_deaths": deaths,
+                                 "seconds": round(time.time() - started, 3)})
+            raise TrialFailed(message) from None
+        except ray.exceptions.RayTaskError as exc:
+            ray.get(pool.release.remote(worker_name, spec["name"], None, False))
+            cause = getattr(exc, "cause", None) or exc
+            message = f"{type(cause).__name__}: {_first_line(cause)}"
+            _write_record(head, {**record, "status": "failed", "error": message,
+                                 "seconds": round(time.time() - started, 3)})
+            raise TrialFailed(message) from None
     ray.get(pool.release.remote(worker_name, spec["name"], {"loads": out["loads"], "node_id": out["node_id"]}, False))
     if out.get("files"):
         for name, text in out["files"].items():
@@ -123,8 +119,36 @@ def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx:
     results = out["results"]
     _write_record(head, {**record, "status": "ok", "error": None, "node_id": out["node_id"], "pid": out["pid"],
                          "model_loaded_now": out["model_loaded_now"], "model_load_seconds": out["model_load_seconds"],
-                         "mirrored": out["mirrored"], "seconds": out["seconds"], "finished": now_iso()})
+                         "mirrored": out["mirrored"], "seconds": out["seconds"], "finished": now_iso(),
+                         "worker_deaths": deaths})
     tune.report({**final_metrics(results), "status": "ok", "actor": worker_name, "node_id": out["node_id"]})
+
+
+def _run_on_worker(spec: dict[str, Any], ctx: dict[str, Any], head: Path, pool: Any, worker_name: str,
+                   worker: Any) -> dict[str, Any]:
+    """Have ``worker`` run (or resume) the trial, relaying its progress to Tune; its output dict."""
+    import ray
+    from ray import tune
+
+    from slm_ray.experiment import PREDICTIONS
+
+    payload = {**spec, "run_id": ctx["run_id"], "seed": {}}
+    if not ray.get(worker.sees_driver_disk.remote(spec["sweep_dir"], ctx["run_id"])):
+        payload["seed"] = _seed_files(head)  # its node has its own disk: resume from the driver's copy
+    head_ids: set[str] | None = None
+    last: dict[str, float] | None = None
+    ref = worker.run_trial.remote(payload)
+    while True:
+        ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
+        values, lines = ray.get(pool.pull.remote(spec["name"]))
+        if lines:
+            head_ids = _append_new_predictions(head / PREDICTIONS, lines, head_ids)
+        if values and values != last:
+            last = values
+            tune.report({**values, "status": "running", "actor": worker_name})
+        if ready:
+            break
+    return ray.get(ref)
 
 
 def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
@@ -299,7 +323,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                 dashboard_wanted: bool = True) -> dict[str, Any]:
     import ray
 
-    from slm_ray.retrieval.service import RetrieverService
+    from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
     from slm_ray.sweeps.actors import RUN_MARKER, WorkerPool, prestart_workers, ray_class
 
     connect_started = time.perf_counter()
@@ -359,7 +383,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                 rr = plan.retriever_resources
                 services[key] = ray_class(RetrieverService).options(
                     name=f"retriever-{key}", namespace=namespace, num_cpus=rr.cpus, num_gpus=rr.gpus or 0,
-                    max_restarts=0, **_runtime_env(worker_env),
+                    **RETRIEVER_RESTARTS, **_runtime_env(worker_env),
                 ).remote(key, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(),
                          cfg.experiment.cache_dir, str(base), int(rr.cpus) or os.cpu_count(),
                          cfg.experiment.memory_interval_s)
@@ -382,7 +406,8 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
         )
-        grid = tuner.fit()
+        with _credentials_hidden_from_tune():
+            grid = tuner.fit()
         tune_errors = {}
         for result in grid:
             index = (result.config or {}).get("trial")
@@ -410,6 +435,22 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         "indexes_loaded": sum(1 for s in retriever_stats if s.get("index_built_now") is False),
         "retriever_actors": retriever_stats,
     }
+
+
+#: Credentials Ray Tune copies from the driver's environment into every trial's runtime_env, which
+#: Ray's runtime_env agent then writes, in plain text, to runtime_env_agent.log. Trial functions
+#: need none of them (they only talk to the actors, which have their own environment).
+TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+@contextmanager
+def _credentials_hidden_from_tune() -> Iterator[None]:
+    """Keep cloud credentials out of the trials' runtime_env (and so out of Ray's logs) while Tune runs."""
+    saved = {name: os.environ.pop(name) for name in TUNE_PROPAGATED_SECRETS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:

@@ -1,0 +1,79 @@
+"""Secrets planted in the environment never reach a file: outputs, Tune's folders, the ClearML
+offline sessions (inside their zips), and the logs of the Ray session the sweep started."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEPLANTED7Q2X",
+    "AWS_SECRET_ACCESS_KEY": "planted/aws+secret-9f8e7d6c5b4a3",
+    "CLEARML_API_SECRET_KEY": "planted-clearml-secret-0a1b2c3d",
+}
+
+
+def _leaks(path: Path, data: bytes, found: list[str]) -> None:
+    for name, value in SECRETS.items():
+        if value.encode() in data:
+            found.append(f"{name} in {path}")
+
+
+def _scan(root: Path, found: list[str], since: float = 0.0) -> int:
+    scanned = 0
+    for path in root.rglob("*"):
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_mtime < since:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        scanned += 1
+        _leaks(path, data, found)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    _leaks(Path(f"{path}!{member}"), archive.read(member), found)
+                    scanned += 1
+    return scanned
+
+
+def test_planted_secrets_are_written_nowhere(sweep_env: Path, sweep_cache_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from slm_ray.sweeps.engine import run_sweep
+    from slm_ray.sweeps.spec import load_sweep
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    started = time.time()
+    sweep = sweep_env / "secrets.yaml"
+    sweep.write_text(f"""
+name: secrets
+overrides: [dataset.limit=3, tracker=clearml, tracker.offline=true, "experiment.cache_dir={sweep_cache_dir}",
+            experiment.bootstrap_resamples=50]
+grid:
+  model: [tiny_llama, tiny_qwen3]
+  experiment_mode: [no_context]
+resources: {{cpus: 1}}
+max_concurrent_trials: 2
+""")
+    assert not ray.is_initialized()
+    record = run_sweep(load_sweep(sweep), dashboard=False)
+    assert record["trials_outcome"] == {"ok": 2, "failed": 0, "not_run": 0}
+    zips = list((sweep_env / "clearml").rglob("*.zip"))
+    assert len(zips) == 2  # one offline session per trial, scanned inside
+    found: list[str] = []
+    scanned = _scan(sweep_env, found)
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    sessions = sorted((p for p in ray_tmp.glob("session_2*") if p.stat().st_mtime >= started - 5),
+                      key=lambda p: p.stat().st_mtime)
+    assert sessions, "the sweep's Ray session folder was not found"
+    scanned += _scan(sessions[-1] / "logs", found)
+    assert scanned > 20
+    assert not found, found
