@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,6 +19,12 @@ from typing import Any, Iterator, Sequence
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
 
 log = logging.getLogger("slm_ray.generation")
+#: A common prompt prefix shorter than this is recomputed per row rather than given its own pass.
+MIN_SHARED_PREFIX = 16
+#: Largest share of padding tokens a batch may hold before it is cut short.
+MAX_PADDING = 0.1
+#: Most prompt tokens (padding included) prefilled in one forward pass.
+MAX_BATCH_TOKENS = 8192
 
 
 class HFGenerator(BaseModel):
@@ -60,14 +67,35 @@ class HFGenerator(BaseModel):
 
     def generate_batches(self, prompts: Sequence[str]) -> Iterator[tuple[list[int], list[Generation]]]:
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            batch = order[start:start + size]
-            yield batch, self._generate([encoded[i] for i in batch])
+        for batch in self._batches([len(e) for e in encoded]):
+            yield batch, self.run_batch([encoded[i] for i in batch], self._generate)
             self._since_cleanup += len(batch)
             if self._since_cleanup >= self.config.cleanup_every:
                 self.cleanup()
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Prompt indices, longest first, in batches of at most ``batch_size`` rows.
+
+        A batch also ends before its padded prompts pass ``MAX_BATCH_TOKENS`` or its padding passes
+        ``MAX_PADDING`` of its tokens: many short prompts decode fastest together, while long ones
+        are cheaper to prefill in smaller, evenly sized batches.
+        """
+        batches: list[list[int]] = []
+        tokens = 0  # real tokens of the last batch
+        for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+            last = batches[-1] if batches else []
+            padded = lengths[last[0]] * (len(last) + 1) if last else 0  # the first row is the longest
+            if (last and len(last) < self.config.batch_size and padded <= MAX_BATCH_TOKENS
+                    and padded <= (1 + MAX_PADDING) * (tokens + lengths[i])):
+                last.append(i)
+                tokens += lengths[i]
+            else:
+                batches.append([i])
+                tokens = lengths[i]
+        return batches
+
+    def free_memory(self) -> None:
+        self.cleanup()
 
     def cleanup(self) -> None:
         """Free what long runs accumulate: Python garbage and the CUDA caching allocator's blocks."""
@@ -81,19 +109,27 @@ class HFGenerator(BaseModel):
     def _generate(self, rows: list[list[int]]) -> list[Generation]:
         import torch
 
-        width = max(len(r) for r in rows)
+        shared = self._shared_prefix(rows)
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Layout [shared prefix][padding][own tokens]: padding sits after the prefix, masked out.
+        input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         active = list(range(len(rows)))  # original row of each row still in the batch
         generated: list[list[int]] = [[] for _ in rows]
         cache = None
         with torch.inference_mode():
+            if shared:  # the prompts' common prefix (chat template, system prompt) is computed once
+                out = self.model(input_ids=torch.tensor([rows[0][:shared]], device=self.device), use_cache=True,
+                                 logits_to_keep=1)
+                cache = self._cache_of(out)
+                cache.batch_repeat_interleave(len(rows))
             for _ in range(self.config.max_new_tokens):
                 out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                  use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
-                cache = getattr(out, self._cache_kwarg, None) or out.past_key_values
+                cache = self._cache_of(out)
                 next_tokens = self._pick(out.logits[:, -1, :]).tolist()
                 keep = []
                 for slot, token in enumerate(next_tokens):
@@ -119,6 +155,20 @@ class HFGenerator(BaseModel):
                        prompt_tokens=len(rows[i]), generated_tokens=len(tokens))
             for i, tokens in enumerate(generated)
         ]
+
+    def _shared_prefix(self, rows: list[list[int]]) -> int:
+        """Length of the token prefix all rows share, when worth a separate pass (0 otherwise).
+
+        Every row keeps at least its last token: the first step needs a new position per row.
+        """
+        if len(rows) < 2:
+            return 0
+        # commonprefix compares element-wise, so it works on lists of token ids too.
+        shared = min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
+        return shared if shared >= MIN_SHARED_PREFIX else 0
+
+    def _cache_of(self, out: Any) -> Any:
+        return getattr(out, self._cache_kwarg, None) or out.past_key_values
 
     def _hit_stop(self, tokens: list[int]) -> bool:
         if not self.config.stop:
