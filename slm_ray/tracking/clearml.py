@@ -31,6 +31,15 @@ def resolve_offline(setting: Any) -> bool:
     return not has_clearml_credentials()
 
 
+def _forget_inherited_master() -> None:
+    """Drop ClearML's "child of task X" marker inherited from another process (a Ray worker started
+    by a process that had a Task): with it, ClearML hands this process a do-nothing stub task."""
+    for var in ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"):
+        owner = os.environ.get(var, "").split(":")[0]
+        if owner and owner != str(os.getpid()):
+            del os.environ[var]
+
+
 class ClearMLTracker(Tracker):
     """Streams to a ClearML Task; ``close`` does not wait on ClearML's reporting subprocess."""
 
@@ -41,6 +50,7 @@ class ClearMLTracker(Tracker):
         Task._report_subprocess_enabled = False
         self.offline = resolve_offline(offline)
         Task.set_offline(self.offline)
+        _forget_inherited_master()
         # ClearML hooks SIGTERM/SIGINT and then does not exit on SIGTERM: keep the process's own handlers.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.task = Task.init(project_name=project, task_name=task_name, tags=list(tags), reuse_last_task_id=False,
