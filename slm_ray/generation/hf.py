@@ -1,16 +1,22 @@
 """Hugging Face transformers backend with a lean batched decode loop.
 
 Short QA answers make the usual ``generate`` loop wasteful: a batch keeps decoding padded rows
-until its longest answer ends. Here prompts are sorted by length (little padding), rows that hit
-EOS or a stop string leave the batch and the KV cache at once, and only the last position's
-logits are computed. Greedy at temperature 0; seeded sampling otherwise.
-"""
+until its longest answer ends. Here prompts are sorted by length into padding-aware batches, the
+prompts' common prefix (chat template and system prompt) is computed once per batch, rows that hit
+EOS or a stop string leave the batch and the KV cache at once, and only the last position's logits
+are computed. Greedy at temperature 0; seeded sampling otherwise.
+
+On CPU a decode step for 64 rows costs far less than four steps for 16 (the weights are read once
+a step), so short prompts go in big batches (``batch_size``); long prompts are capped by
+``MAX_CPU_BATCH_TOKENS``, since their prefill is the cost and huge passes run slower per token.
+``bench/bench_generation.py`` measures all this against plain ``generate``."""
 
 from __future__ import annotations
 
 import gc
 import inspect
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -21,10 +27,12 @@ from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
 log = logging.getLogger("slm_ray.generation")
 #: A common prompt prefix shorter than this is recomputed per row rather than given its own pass.
 MIN_SHARED_PREFIX = 16
-#: Largest share of padding tokens a batch may hold before it is cut short.
-MAX_PADDING = 0.1
-#: Most prompt tokens (padding included) prefilled in one forward pass.
-MAX_BATCH_TOKENS = 8192
+#: Most padding tokens in a batch: prefilling more costs about as much as decoding one more batch
+#: (on CPU; measured with bench/bench_generation.py).
+MAX_PADDING_TOKENS = 1024
+#: Most prompt tokens (padding included) prefilled in one forward pass on CPU, where bigger passes
+#: run slower per token (memory-bound attention and elementwise work).
+MAX_CPU_BATCH_TOKENS = 8192
 
 
 class HFGenerator(BaseModel):
@@ -74,24 +82,23 @@ class HFGenerator(BaseModel):
                 self.cleanup()
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Prompt indices, longest first, in batches of at most ``batch_size`` rows.
+        """Prompt indices, longest first, in batches of at most ``batch_limit`` (``batch_size``) rows.
 
-        A batch also ends before its padded prompts pass ``MAX_BATCH_TOKENS`` or its padding passes
-        ``MAX_PADDING`` of its tokens: many short prompts decode fastest together, while long ones
-        are cheaper to prefill in smaller, evenly sized batches.
+        A batch also ends before its padding passes ``MAX_PADDING_TOKENS`` or, on CPU, its padded
+        prompts pass ``MAX_CPU_BATCH_TOKENS``: many short prompts decode fastest together, while long
+        prompts are cheaper to prefill in smaller batches of similar lengths.
         """
+        max_tokens = MAX_CPU_BATCH_TOKENS if self.device == "cpu" else math.inf
         batches: list[list[int]] = []
-        tokens = 0  # real tokens of the last batch
         for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
             last = batches[-1] if batches else []
-            padded = lengths[last[0]] * (len(last) + 1) if last else 0  # the first row is the longest
-            if (last and len(last) < self.config.batch_size and padded <= MAX_BATCH_TOKENS
-                    and padded <= (1 + MAX_PADDING) * (tokens + lengths[i])):
+            width = lengths[last[0]] if last else 0  # the first row is the longest
+            padding = sum(width - lengths[j] for j in last) + width - lengths[i]
+            if (last and len(last) < self.batch_limit and width * (len(last) + 1) <= max_tokens
+                    and padding <= MAX_PADDING_TOKENS):
                 last.append(i)
-                tokens += lengths[i]
             else:
                 batches.append([i])
-                tokens = lengths[i]
         return batches
 
     def free_memory(self) -> None:
