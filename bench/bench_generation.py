@@ -11,7 +11,7 @@ Both sides use the same model object, tokenizer and rendered prompts (``build_pr
 write without slm_ray: ``model.generate(**batch, max_new_tokens=32, do_sample=False)`` on batches of
 16 in dataset order, left padding. Runs alternate (baseline, ours, ours, baseline, ...) so that a
 noisy machine slows both alike; the ratio is the number to read. Results go to the terminal and to
-``bench/results/generation.json``.
+``bench/results/generation.json`` (after each mode; modes not run this time are kept from the file).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -143,6 +144,15 @@ def bench_mode(mode: str, prompts: list[str], generator: Any, repeats: int) -> d
     return result
 
 
+def previous_modes(path: Path, model: str) -> dict[str, Any]:
+    """Modes measured by an earlier run for the same model: kept, so that --modes updates one mode."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return previous.get("modes", {}) if previous.get("model") == model else {}
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     header = f"{'mode':<18} {'n':>4} {'baseline ex/s':>13} {'slm_ray ex/s':>12} {'ratio':>6} {'CPU ratio':>9} " \
              f"{'agree':>7} {'base tok/s':>10} {'ours tok/s':>10}"
@@ -177,25 +187,27 @@ def main(argv: list[str] | None = None) -> int:
     run_baseline(generator.model, generator.tokenizer, warm, 4, cfg.model.stop)
     run_ours(generator, warm)
 
+    report = {
+        "model": cfg.model.name, "baseline_batch_size": BASELINE_BATCH, "max_new_tokens": cfg.model.max_new_tokens,
+        "model_info": generator.describe(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version()},
+        "modes": previous_modes(args.output, cfg.model.name),
+    }
     results = {}
     for mode in args.modes:
         prompts = build_prompts(cfg, examples, mode, generator, args.cache_dir)
-        print(f"{mode}: {len(prompts)} prompts, mean {sum(map(generator.count_tokens, prompts)) / len(prompts):.0f} "
-              "tokens", file=sys.stderr)
-        results[mode] = bench_mode(mode, prompts, generator, args.repeats)
-        results[mode]["mean_prompt_tokens"] = round(sum(map(generator.count_tokens, prompts)) / len(prompts), 1)
+        mean_tokens = sum(map(generator.count_tokens, prompts)) / len(prompts)
+        print(f"{mode}: {len(prompts)} prompts, mean {mean_tokens:.0f} tokens", file=sys.stderr)
+        results[mode] = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch_threads": torch.get_num_threads(),
+                         "slm_ray_batch_size": cfg.model.batch_size, "repeats": args.repeats,
+                         "mean_prompt_tokens": round(mean_tokens, 1),
+                         **bench_mode(mode, prompts, generator, args.repeats)}
+        report["modes"][mode] = results[mode]
+        # Written after every mode, so that an interrupted run keeps what it measured.
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_table(results)
-
-    report = {
-        "model": cfg.model.name, "limit": args.limit, "repeats": args.repeats,
-        "slm_ray_batch_size": cfg.model.batch_size, "baseline_batch_size": BASELINE_BATCH,
-        "max_new_tokens": cfg.model.max_new_tokens, "model_info": generator.describe(),
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "modes": results,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output}")
     return 0
 
