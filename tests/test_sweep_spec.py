@@ -68,22 +68,22 @@ grid:
     # retriever axes multiply retriever_context only: 2 models x (4 + 1 + 1)
     assert len(plan.trials) == 12
     names = [t.name for t in plan.trials]
-    assert names[:6] == [
-        "tiny_llama-nq-no_context-model.temperature=0.0",
-        "tiny_llama-nq-oracle_context-model.temperature=0.0",
-        "tiny_llama-nq-retriever_context-bm25-k1-model.temperature=0.0",
+    assert names[:6] == [  # longest first within a model: most passages, then the gold passage, then none
         "tiny_llama-nq-retriever_context-bm25-k3-model.temperature=0.0",
-        "tiny_llama-nq-retriever_context-dense-k1-model.temperature=0.0",
         "tiny_llama-nq-retriever_context-dense-k3-model.temperature=0.0",
+        "tiny_llama-nq-retriever_context-bm25-k1-model.temperature=0.0",
+        "tiny_llama-nq-retriever_context-dense-k1-model.temperature=0.0",
+        "tiny_llama-nq-oracle_context-model.temperature=0.0",
+        "tiny_llama-nq-no_context-model.temperature=0.0",
     ]
     assert all(t.config.model.name == "tiny_qwen3" for t in plan.trials[6:])  # grouped by model
     assert [t.index for t in plan.trials] == list(range(12))
-    for trial in (plan.trials[0], plan.trials[4]):
+    for trial in (plan.trials[0], plan.trials[5]):
         assert compose_config(list(trial.overrides)) == trial.config
         assert trial.config.model.batch_size == 4
         assert trial.config.tracker.project == "slm-ray/demo"
     assert plan.sweep_dir == Path("outputs/sweeps/demo")
-    no_context = plan.trials[0]
+    no_context = plan.trials[5]
     assert no_context.retriever_key is None and "retriever" not in no_context.axes
 
 
@@ -107,7 +107,7 @@ exclude:
 """)
     names = [t.name for t in load_sweep(path).trials]
     assert names == ["tiny_llama-nq-retriever_context-bm25-k5", "tiny_llama-nq-retriever_context-dense-k5",
-                     "tiny_qwen3-nq-no_context", "tiny_qwen3-nq-retriever_context-bm25-k5"]
+                     "tiny_qwen3-nq-retriever_context-bm25-k5", "tiny_qwen3-nq-no_context"]
 
 
 def test_path_values_are_named_by_file(tmp_path: Path) -> None:
@@ -216,5 +216,5 @@ def test_hydra_value_quoting() -> None:
 def test_plan_json_is_serialisable(tmp_path: Path) -> None:
     path = _sweep(tmp_path, "grid: {model: [tiny_llama], retriever.k: [1, 2], experiment_mode: [retriever_context]}\n")
     data = json.loads(json.dumps(load_sweep(path).to_json()))
-    assert [t["k"] for t in data["trials"]] == [1, 2]
+    assert [t["k"] for t in data["trials"]] == [2, 1]  # more passages first
     assert data["resources"] == {"cpus": 1.0, "gpus": "auto"}

@@ -163,7 +163,7 @@ grid:
   experiment_mode: [no_context, oracle_context, retriever_context]
 """)
     plan = load_sweep(sweep)
-    nc, oc, rc = plan.trials
+    rc, oc, nc = plan.trials  # longest first
     assert {trial_state(t, tmp_path) for t in plan.trials} == {"new"}
     _run_tiny(nc, sweep_cache_dir)
     _run_tiny(rc, sweep_cache_dir)
@@ -179,6 +179,7 @@ grid:
 
     summary = write_summary(sweep_dir)
     assert summary["counts"] == {"ok": 2, "failed": 1}
+    assert [r["trial"] for r in summary["rows"]] == [nc.name, oc.name, rc.name]  # reading order, not run order
     rows = {r["trial"]: r for r in summary["rows"]}
     assert rows[oc.name]["status"] == "failed" and rows[oc.name]["error"] == "DataError: boom"
     assert rows[rc.name]["k"] == 5 and rows[rc.name]["retrieval_recall"] is not None

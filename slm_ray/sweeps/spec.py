@@ -48,7 +48,9 @@ RESERVED_OVERRIDES = ("experiment.name",)
 #: Axes already spelled out by the base of a trial name.
 NAMED_AXES = frozenset({"model", "model.name", "dataset", "dataset.name", "experiment_mode", "retriever",
                         "retriever.name", "retriever.k"})
-MODE_ORDER = {mode: i for i, mode in enumerate(EXPERIMENT_MODES)}
+#: Within a model, trials start longest first (prompt length drives the cost: passages, then the gold
+#: passage, then the question alone), so the last trials to start are short and workers finish together.
+LONGEST_FIRST = {"retriever_context": 0, "oracle_context": 1, "no_context": 2}
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -298,14 +300,19 @@ def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bo
 
 
 def _order(staged: list[tuple]) -> list[tuple]:
-    """Group trials by model (first appearance), then by mode: each model loads once per worker."""
+    """Group trials by model (first appearance) so each model loads once per worker; within a model,
+    longest first (``LONGEST_FIRST``, more passages before fewer), then sweep-file order."""
     first_seen: dict[str, int] = {}
     for i, (_, _, cfg, _) in enumerate(staged):
         first_seen.setdefault(stable_hash(cfg.model.model_dump(by_alias=True)), i)
-    return [item for _, item in sorted(
-        enumerate(staged),
-        key=lambda pair: (first_seen[stable_hash(pair[1][2].model.model_dump(by_alias=True))],
-                          MODE_ORDER[pair[1][2].experiment_mode], pair[0]))]
+
+    def key(pair: tuple[int, tuple]) -> tuple:
+        position, (_, _, cfg, _) = pair
+        k = cfg.retriever.k if cfg.experiment_mode == "retriever_context" else 0
+        return (first_seen[stable_hash(cfg.model.model_dump(by_alias=True))], LONGEST_FIRST[cfg.experiment_mode],
+                -k, position)
+
+    return [item for _, item in sorted(enumerate(staged), key=key)]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

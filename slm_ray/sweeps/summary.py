@@ -28,6 +28,8 @@ COLUMNS = (
     "model_peak_rss_mb", "model_peak_gpu_mb", "retriever_peak_rss_mb", "retriever_peak_gpu_mb",
     "node_id", "actor", "status", "error",
 )
+#: The order a reader expects: closed book, gold passage, retrieval.
+READING_ORDER = {"no_context": 0, "oracle_context": 1, "retriever_context": 2}
 PLOTS = ("token_recall.png", "memory.png", "throughput.png")
 
 
@@ -57,7 +59,8 @@ def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]
 
 
 def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per trial of the sweep (the plan's order; trials found only on disk after them)."""
+    """One row per trial of the sweep, in reading order: by model as planned, then closed book, gold
+    passage, retrieval (the plan runs longest first); trials found only on disk come last."""
     sweep_dir = Path(sweep_dir)
     plan = _read_json(sweep_dir / "sweep.json") or {}
     stats = _read_json(sweep_dir / "sweep_stats.json")
@@ -68,7 +71,13 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if trials_dir.is_dir():
         names += sorted(p.name for p in trials_dir.iterdir() if p.is_dir() and p.name not in planned
                         and ((p / "results.json").is_file() or (p / "trial.json").is_file()))
-    return [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
+    rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
+    models: dict[Any, int] = {}
+    for row in rows:
+        models.setdefault(row["model"], len(models))
+    return sorted(rows, key=lambda row: (row["trial"] not in planned, models[row["model"]],
+                                         READING_ORDER.get(row["mode"], len(READING_ORDER)),
+                                         str(row["retriever"]), row["k"] or 0))
 
 
 def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
