@@ -1,6 +1,7 @@
 """The sweep engine against a plain loop: same trials, same machine, wall time and what was loaded.
 
-    python bench/bench_sweep.py                          # tiny models, 3 modes, BM25, 500 questions each
+    python bench/bench_sweep.py                                # tiny models, 3 modes, BM25, 500 questions each
+    python bench/bench_sweep.py --cpus 2 --threads 2           # like for like: one 2-CPU worker vs 2 threads
     python bench/bench_sweep.py --limit 50 --models smollm2_135m_gguf,tiny_llama --retrievers bm25,dense
 
 1. Warm-up (not timed): tokenizer, dequantised model files and indexes are cached under
@@ -11,10 +12,12 @@
    Ray, runs the trials through Tune on generator workers, writes the summary, stops Ray.
 
 Both are timed from process start to exit (interpreter start and imports included on both sides).
-Prints both wall times, the ratio engine / sequential (target: <= 1.15 on one machine), the part of
-each that was spent inside the loop / the sweep, Ray's start-up, and the index builds and model
-loads of each. ``--threads`` sets torch's threads in the sequential process (Ray gives every
-worker as many threads as its CPUs: 1 here by default). ``--json`` also writes the numbers.
+``--repeats`` alternates which side goes first. Prints both wall times, the ratio engine /
+sequential (target: <= 1.15 on one machine), the extra seconds, the ratio of the time spent inside
+the generators (how much the engine's own processes slow the trials), Ray's start-up, and the index
+builds and model loads of each. ``--threads`` sets torch's threads in the sequential process; Ray
+gives every worker as many threads as its CPUs (``--cpus``, 1 by default, so 2 workers on 2 cores).
+``--json FILE`` records the numbers in FILE under ``--label``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +124,47 @@ def _timed(command: list[str], env: dict[str, str], log: Path) -> float:
     return seconds
 
 
+def _generation_seconds(trials_dir: Path) -> float:
+    """Time spent inside the generator, summed over the trials' results.json."""
+    return sum(json.loads(p.read_text())["throughput"]["generation_seconds"] for p in trials_dir.glob("*/results.json"))
+
+
+def run_sequential(args: argparse.Namespace, sweep_file: Path, workdir: Path, env: dict[str, str], n: int) -> dict:
+    out = workdir / f"sequential{n}"
+    report = workdir / f"sequential{n}.json"
+    seconds = _timed([sys.executable, __file__, "--threads", str(args.threads), "--sequential-child",
+                      str(sweep_file), str(report)], env, workdir / f"sequential{n}.log")
+    shutil.move(str(workdir / "sequential"), str(out))
+    result = {"seconds": round(seconds, 2), **json.loads(report.read_text()),
+              "generation_seconds": round(_generation_seconds(out), 2)}
+    print(f"sequential: {result['seconds']:.1f}s wall ({result['loop_seconds']:.1f}s in the loop, "
+          f"{result['threads']} torch thread(s)), model loads {result['model_loads']}, "
+          f"indexes built {result['indexes_built']} (loaded {result['indexes_loaded']})", flush=True)
+    return result
+
+
+def run_engine(args: argparse.Namespace, sweep_file: Path, workdir: Path, env: dict[str, str], n: int) -> dict:
+    name = f"bench{n}"
+    command = [sys.executable, "-m", "slm_ray.sweep", str(sweep_file), "--name", name]
+    if args.dashboard != "auto":
+        command.append(f"--{'' if args.dashboard == 'on' else 'no-'}dashboard")
+    seconds = _timed(command, env, workdir / f"engine{n}.log")
+    sweep_dir = workdir / "outputs" / "sweeps" / name
+    last = json.loads((sweep_dir / "sweep_stats.json").read_text())["last_run"]
+    result = {"seconds": round(seconds, 2), "sweep_seconds": last["wall_seconds"],
+              "ray_connect_seconds": last.get("ray_connect_seconds"), "dashboard": bool(last.get("dashboard_url")),
+              "generation_seconds": round(_generation_seconds(sweep_dir / "trials"), 2),
+              "model_loads": last.get("model_loads"), "model_loads_per_actor": last.get("model_loads_per_actor"),
+              "indexes_built": last.get("indexes_built"), "indexes_loaded": last.get("indexes_loaded"),
+              "outcome": last.get("trials_outcome"), "max_concurrent_trials": last.get("max_concurrent_trials")}
+    print(f"engine:     {result['seconds']:.1f}s wall ({result['sweep_seconds']:.1f}s in run_sweep, of which "
+          f"{result['ray_connect_seconds']:.1f}s starting Ray; dashboard {'on' if result['dashboard'] else 'off'}), "
+          f"model loads {result['model_loads']} (per actor {result['model_loads_per_actor']}), indexes built "
+          f"{result['indexes_built']} (loaded {result['indexes_loaded']}), {result['max_concurrent_trials']} "
+          f"trial(s) at a time, outcome {result['outcome']}", flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny_llama,tiny_qwen3")
@@ -131,15 +176,20 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=0, help="max concurrent trials (0: auto)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the sequential process (0: torch's default, all cores)")
-    parser.add_argument("--no-dashboard", action="store_true", help="run the engine's local Ray without its dashboard")
+    parser.add_argument("--dashboard", choices=("auto", "on", "off"), default="auto",
+                        help="the engine's local Ray dashboard (auto: as the sweep command decides)")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating which side goes first")
+    parser.add_argument("--label", default=None, help="key of this configuration in --json (default: from the options)")
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run when given")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--json", type=Path, default=None, help="also record the numbers in this file, under --label")
     parser.add_argument("--sequential-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sequential_child:
         sweep_file, report = args.sequential_child
         return sequential_child(sweep_file, sweep_file.parent / "sequential", args.threads, report)
 
+    if args.json:
+        args.json = args.json.resolve()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_sweep_"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
@@ -152,40 +202,34 @@ def main() -> int:
     print(f"{len(plan.trials)} trials: {', '.join(t.name for t in plan.trials)}; {args.limit} questions each",
           flush=True)
     warm_up(plan)
-    shutil.rmtree(cache / "retrievals", ignore_errors=True)
 
-    report = workdir / "sequential.json"
-    seq_seconds = _timed([sys.executable, __file__, "--threads", str(args.threads), "--sequential-child",
-                          str(sweep_file), str(report)], env, workdir / "sequential.log")
-    sequential = {"seconds": round(seq_seconds, 2), **json.loads(report.read_text())}
-    print(f"sequential: {sequential['seconds']:.1f}s wall ({sequential['loop_seconds']:.1f}s in the loop, "
-          f"{sequential['threads']} torch thread(s)), model loads {sequential['model_loads']}, "
-          f"indexes built {sequential['indexes_built']} (loaded {sequential['indexes_loaded']})", flush=True)
-
-    engine_command = [sys.executable, "-m", "slm_ray.sweep", str(sweep_file)]
-    engine_seconds = _timed(engine_command + (["--no-dashboard"] if args.no_dashboard else []), env,
-                            workdir / "engine.log")
-    last = json.loads((workdir / "outputs" / "sweeps" / "bench" / "sweep_stats.json").read_text())["last_run"]
-    engine = {"seconds": round(engine_seconds, 2), "sweep_seconds": last["wall_seconds"],
-              "ray_connect_seconds": last.get("ray_connect_seconds"), "model_loads": last.get("model_loads"),
-              "model_loads_per_actor": last.get("model_loads_per_actor"), "indexes_built": last.get("indexes_built"),
-              "indexes_loaded": last.get("indexes_loaded"), "outcome": last.get("trials_outcome"),
-              "max_concurrent_trials": last.get("max_concurrent_trials")}
-    print(f"engine:     {engine['seconds']:.1f}s wall ({engine['sweep_seconds']:.1f}s in run_sweep, of which "
-          f"{engine['ray_connect_seconds']:.1f}s starting Ray), model loads {engine['model_loads']} "
-          f"(per actor {engine['model_loads_per_actor']}), indexes built {engine['indexes_built']} "
-          f"(loaded {engine['indexes_loaded']}), {engine['max_concurrent_trials']} trials at a time, "
-          f"outcome {engine['outcome']}", flush=True)
-    ratio = engine["seconds"] / sequential["seconds"]
-    warm = (engine["seconds"] - (engine["ray_connect_seconds"] or 0.0)) / sequential["seconds"]
-    print(f"ratio engine / sequential: {ratio:.3f} (target <= 1.15); on an already running Ray "
-          f"(without its {engine['ray_connect_seconds']:.1f}s start): {warm:.3f}")
-    result = {"trials": len(plan.trials), "limit": args.limit, "cpu_count": os.cpu_count(),
-              "dashboard": not args.no_dashboard,
-              "load_average": os.getloadavg(), "sequential": sequential, "engine": engine,
-              "ratio": round(ratio, 3), "ratio_on_running_ray": round(warm, 3)}
+    rounds = []
+    for n in range(args.repeats):
+        shutil.rmtree(cache / "retrievals", ignore_errors=True)  # both sides query the retriever for real
+        first, second = (run_sequential, run_engine) if n % 2 == 0 else (run_engine, run_sequential)
+        a = first(args, sweep_file, workdir, env, n)
+        shutil.rmtree(cache / "retrievals", ignore_errors=True)
+        b = second(args, sweep_file, workdir, env, n)
+        sequential, engine = (a, b) if first is run_sequential else (b, a)
+        ratio = engine["seconds"] / sequential["seconds"]
+        rounds.append({"sequential": sequential, "engine": engine, "ratio": round(ratio, 3),
+                       "extra_seconds": round(engine["seconds"] - sequential["seconds"], 2),
+                       "generation_ratio": round(engine["generation_seconds"] / sequential["generation_seconds"], 3)})
+        print(f"round {n + 1}: engine / sequential {ratio:.3f} (target <= 1.15), {rounds[-1]['extra_seconds']:+.1f}s; "
+              f"time inside the generators engine / sequential {rounds[-1]['generation_ratio']:.3f}", flush=True)
+    ratios = [r["ratio"] for r in rounds]
+    median = statistics.median(ratios)
+    print(f"ratio engine / sequential: median {median:.3f} over {len(ratios)} round(s) {ratios} (target <= 1.15)")
+    label = args.label or (f"{args.limit}q-{args.cpus:g}cpu-workers-{args.threads}thread-sequential-"
+                           f"dashboard-{args.dashboard}")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "trials": len(plan.trials), "limit": args.limit,
+              "models": args.models, "retrievers": args.retrievers, "cpus_per_worker": args.cpus,
+              "sequential_threads": args.threads, "dashboard": args.dashboard, "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg(), "median_ratio": round(median, 3), "rounds": rounds}
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        previous = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        previous[label] = result
+        args.json.write_text(json.dumps(previous, indent=2) + "\n")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

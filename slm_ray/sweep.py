@@ -8,8 +8,9 @@
 
 Arguments: the sweep file, then Hydra overrides applied to every trial (key=value).
 Options: --name NAME (folder and ClearML project, default the file's name), --address ADDR (an
-existing Ray cluster; default: start a local one), --no-dashboard (a local Ray without its dashboard,
-which costs some throughput on small machines), --cfg (print the plan only), --debug.
+existing Ray cluster; default: start a local one), --dashboard / --no-dashboard (whether that local
+Ray runs its dashboard; default: on with 4 or more CPUs, where it costs little), --cfg (print the
+plan only), --debug.
 
 Every trial is composed and validated before Ray starts; a bad sweep file exits 2 and writes nothing.
 Results go to <experiment.output_dir>/sweeps/<name>/: trials/<trial>/ (one experiment each),
@@ -55,9 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         flags, rest = split_flags(args)
-        if "--no-dashboard" in rest:
-            rest = [a for a in rest if a != "--no-dashboard"]
-            flags["no-dashboard"] = "1"
+        for switch in ("--dashboard", "--no-dashboard"):
+            if switch in rest:
+                rest = [a for a in rest if a != switch]
+                flags[switch.lstrip("-")] = "1"
+        if "dashboard" in flags and "no-dashboard" in flags:
+            raise ValueError("give --dashboard or --no-dashboard, not both")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
@@ -78,7 +82,8 @@ def _sweep(arguments: list[str], print_config: bool, flags: dict[str, str]) -> i
         return 0
     from slm_ray.sweeps.engine import run_sweep
 
-    record = run_sweep(plan, address=flags.get("address"), dashboard="no-dashboard" not in flags)
+    dashboard = True if "dashboard" in flags else False if "no-dashboard" in flags else None
+    record = run_sweep(plan, address=flags.get("address"), dashboard=dashboard)
     counts = record.get("summary", {})
     if counts.get("failed"):
         print(f"{counts['failed']} trial(s) failed: see {plan.sweep_dir / 'summary.md'}", file=sys.stderr)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_smoke_sweep_command(sweep_env: Path, sweep_cache_dir: Path, small_corpus: Path) -> None:
     command = [sys.executable, "-m", "slm_ray.sweep", str(REPO / "sweeps" / "smoke.yaml"), "dataset.limit=3",
-               "corpus=file", f"corpus.path={small_corpus}", f"experiment.cache_dir={sweep_cache_dir}"]
+               "corpus=file", f"corpus.path={small_corpus}", f"experiment.cache_dir={sweep_cache_dir}", "--dashboard"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(command, cwd=sweep_env, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -183,7 +183,16 @@ def test_cli_refuses_bad_sweep_with_exit_2_and_writes_nothing(tmp_path: Path, mo
     assert sweep_main([str(path), "--name"]) == 2
     assert "--name needs a value" in capsys.readouterr().err
     assert sweep_main([str(path), "--bogus"]) == 2
+    assert sweep_main([str(path), "--dashboard", "--no-dashboard"]) == 2
+    assert "--dashboard or --no-dashboard, not both" in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_local_dashboard_only_where_cores_can_spare_it() -> None:
+    from slm_ray.sweeps.engine import dashboard_by_default
+
+    assert not dashboard_by_default(1) and not dashboard_by_default(2)
+    assert dashboard_by_default(4) and dashboard_by_default(64)
 
 
 def test_cli_cfg_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -159,7 +159,7 @@ class GeneratorWorker:
         return {"results": results, "node_id": self.node_id, "actor": self.name, "pid": os.getpid(),
                 "model_loaded_now": loaded_now, "model_load_seconds": self.load_seconds.get(cfg.model.name),
                 "loads": dict(self.loads), "mirrored": mirror, "files": files,
-                "seconds": round(time.time() - started, 3)}
+                "seconds": round(time.time() - started, 3), "worker_span": [round(started, 3), round(time.time(), 3)]}
 
 
 def _merge_seed(out: Path, seed: dict[str, str]) -> None:

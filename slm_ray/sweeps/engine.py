@@ -36,6 +36,10 @@ TRIAL_RECORD = "trial.json"
 WORKER_RETRIES = 2
 
 
+#: The progress keys, as a trial reports them once it has a worker (Tune's CSV keeps the first keys).
+STARTED = {"examples_done": 0, "running_token_recall": 0.0, "examples_per_second": 0.0, "peak_rss_mb": 0.0}
+
+
 class TrialFailed(RuntimeError):
     """A trial's experiment raised: the message is the original error, in one line."""
 
@@ -91,6 +95,7 @@ def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx:
         record: dict[str, Any] = {"run_id": ctx["run_id"], "trial": spec["name"], "actor": worker_name,
                                   "retriever_actor": spec.get("retriever_actor"), "started": now_iso(),
                                   "worker_deaths": list(deaths)}
+        tune.report({**STARTED, "status": "started", "actor": worker_name})
         try:
             out = _run_on_worker(spec, ctx, head, pool, worker_name, worker)
             break
@@ -120,6 +125,7 @@ def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx:
     _write_record(head, {**record, "status": "ok", "error": None, "node_id": out["node_id"], "pid": out["pid"],
                          "model_loaded_now": out["model_loaded_now"], "model_load_seconds": out["model_load_seconds"],
                          "mirrored": out["mirrored"], "seconds": out["seconds"], "finished": now_iso(),
+                         "worker_span": out["worker_span"],
                          "worker_deaths": deaths})
     tune.report({**final_metrics(results), "status": "ok", "actor": worker_name, "node_id": out["node_id"]})
 
@@ -229,11 +235,11 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
         def _name(self, trial: Any) -> str:
             return names.get((trial.config or {}).get("trial"), str(trial))
 
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            echo(f"  started   {self._name(trial)}")
-
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             name = self._name(trial)
+            if result.get("status") == "started":  # it has a worker now
+                echo(f"  started   {name} on {result.get('actor')}")
+                return
             if result.get("status") != "running" or time.monotonic() - self.last_print.get(name, 0.0) < every_s:
                 return
             self.last_print[name] = time.monotonic()
@@ -274,11 +280,11 @@ class _TrialNames:
 
 def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
               worker_env: dict[str, str] | None = None, echo: Callable[[str], None] = print_line,
-              dashboard: bool = True) -> dict[str, Any]:
+              dashboard: bool | None = None) -> dict[str, Any]:
     """Run what is left of ``plan``; write sweep_stats.json and the summary. Returns this run's stats.
 
-    ``address``: an existing Ray cluster (else a local one is started, with its dashboard unless
-    ``dashboard`` is False: on a small machine the dashboard's processes cost some throughput).
+    ``address``: an existing Ray cluster (else a local one is started). ``dashboard``: whether that
+    local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the generator and retriever actors.
     """
     from slm_ray.sweeps.summary import write_summary
@@ -320,20 +326,27 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
 def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, sweep_abs: Path,
                 address: str | None, verbose: int, worker_env: dict[str, str] | None,
                 echo: Callable[[str], None], prepare_folder: Callable[[], None],
-                dashboard_wanted: bool = True) -> dict[str, Any]:
+                dashboard_wanted: bool | None = None) -> dict[str, Any]:
     import ray
 
     from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
     from slm_ray.sweeps.actors import RUN_MARKER, WorkerPool, prestart_workers, ray_class
 
     connect_started = time.perf_counter()
+    local_start = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    chosen = dashboard_wanted is not None
+    if dashboard_wanted is None:
+        dashboard_wanted = dashboard_by_default()
     started_here, dashboard = _connect(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
+    elif local_start and not dashboard_wanted:
+        echo("Ray dashboard: off (--no-dashboard)" if chosen else
+             f"Ray dashboard: off on this {os.cpu_count()}-CPU machine, where it would slow the trials "
+             "(--dashboard turns it on)")
     else:
-        echo("Ray dashboard: off" if not dashboard_wanted and not address
-             else "Ray dashboard: not available (pip install 'ray[default]')")
+        echo("Ray dashboard: not available (pip install 'ray[default]')")
     namespace = f"slm_ray-{plan.name}-{run_id}"
     services: dict[str, Any] = {}
     pool = None
@@ -451,6 +464,16 @@ def _credentials_hidden_from_tune() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+#: Below this many CPUs a local Ray starts without its dashboard unless asked: on 2 cores the
+#: dashboard's processes slowed generation by about 8% (bench/bench_sweep.py).
+DASHBOARD_MIN_CPUS = 4
+
+
+def dashboard_by_default(cpus: int | None = None) -> bool:
+    """Whether a local Ray starts its dashboard when the command line does not say."""
+    return (cpus if cpus is not None else os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
 
 
 def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:
