@@ -240,6 +240,7 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
         if pending:
             with monitor.phase("model"):
                 generator = generator(cfg) if callable(generator) else generator or build_generator(cfg)
+                generator.adopt(cfg.model)  # a kept-loaded model decodes with this run's settings
                 bar = tqdm(total=len(examples), initial=len(done), desc=cfg.run_name, unit="q",
                            disable=not show_progress)
                 rows = _generate(cfg, generator, pending, contexts, predictions_path, done, timing, tracker,

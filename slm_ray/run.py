@@ -24,7 +24,8 @@ log = logging.getLogger("slm_ray")
 
 
 class KeepLoaded:
-    """Hands out a generator for a config, loading a model only when it differs from the last one."""
+    """Hands out a generator for a config, loading a model only when its load settings differ from
+    the last one's (a new temperature or token limit reuses the loaded model)."""
 
     def __init__(self) -> None:
         self.generator: Any = None
@@ -32,7 +33,7 @@ class KeepLoaded:
     def __call__(self, cfg: Any) -> Any:
         from slm_ray.experiment import build_generator
 
-        if self.generator is not None and self.generator.config != cfg.model:
+        if self.generator is not None and not self.generator.serves(cfg.model):
             self.generator.close()
             self.generator = None
         if self.generator is None:

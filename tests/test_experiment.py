@@ -109,3 +109,17 @@ def test_clearml_offline_session_holds_params_and_scalars_without_secrets(make_c
             assert value not in text, path
     assert value not in blob
     assert "clearml" in (output_dir(cfg) / "run.log").read_text().lower() or os.environ.get("CI")
+
+
+def test_run_with_several_values_keeps_the_model_for_new_decoding_settings(tmp_path: Path) -> None:
+    """``python -m slm_ray.run model.temperature=0,0.5`` loads the model once; other weights load anew."""
+    from slm_ray.composition import compose_config
+    from slm_ray.run import KeepLoaded
+
+    def config(*overrides: str):
+        return compose_config(["model=tiny_llama", f"experiment.cache_dir={tmp_path}", *overrides])
+
+    keep = KeepLoaded()
+    first = keep(config("model.temperature=0.0"))
+    assert keep(config("model.temperature=0.5", "model.max_new_tokens=4")) is first
+    assert keep(config("model.dtype=bfloat16")) is not first

@@ -83,6 +83,49 @@ def test_sampling_is_seeded(shared_cache) -> None:
     assert answers(1) != answers(2)
 
 
+def test_a_kept_generator_samples_each_run_from_its_seed(shared_cache) -> None:
+    """A sweep worker or ``key=a,b`` run reuses one loaded generator: what ran before must not
+    change a later run's samples."""
+    from slm_ray.composition import compose_config
+
+    cfg = compose_config(["model=tiny_llama", f"experiment.cache_dir={shared_cache}", "model.temperature=1.0",
+                          "model.seed=3", "model.stop=[]"])
+    generator = build_generator(cfg)
+    prompts = [generator.render([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+
+    def run() -> list[str]:
+        return [g.text for _, gens in generator.generate_batches(prompts) for g in gens]
+
+    first = run()
+    assert run() == first
+
+
+def test_a_loaded_model_takes_new_decoding_settings_without_loading_again(shared_cache) -> None:
+    from slm_ray.composition import compose_config
+
+    def config(*overrides: str):
+        return compose_config(["model=tiny_llama", f"experiment.cache_dir={shared_cache}", "model.seed=5",
+                               "model.stop=[]", *overrides])
+
+    sampling = ("model.temperature=1.0", "model.top_p=0.9", "model.max_new_tokens=6")
+    fresh = build_generator(config(*sampling))
+    kept = build_generator(config())
+    prompts = [kept.render([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+
+    def answers(generator) -> list[tuple[str, int]]:
+        return [(g.text, g.generated_tokens) for _, gens in generator.generate_batches(prompts) for g in gens]
+
+    greedy = answers(kept)
+    assert kept.serves(config(*sampling).model)
+    kept.adopt(config(*sampling).model)
+    assert answers(kept) == answers(fresh) != greedy
+    assert max(tokens for _, tokens in answers(kept)) <= 6
+    other_weights = config("model.temperature=1.0", "model.dtype=bfloat16").model
+    assert not kept.serves(other_weights)
+    with pytest.raises(ValueError, match="load it again"):
+        kept.adopt(other_weights)
+
+
 def test_8bit_loading_of_a_saved_model(tiny, tmp_path, shared_cache) -> None:
     """bitsandbytes int8 weights (works on CPU with bitsandbytes >= 0.45) through source=local."""
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")

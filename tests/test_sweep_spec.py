@@ -87,6 +87,23 @@ grid:
     assert no_context.retriever_key is None and "retriever" not in no_context.axes
 
 
+def test_decoding_axes_share_a_loaded_model(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, """
+grid:
+  model: [tiny_llama, tiny_qwen3]
+  model.temperature: [0.0, 0.7]
+  model.max_new_tokens: [8, 16]
+""")
+    plan = load_sweep(path)
+    by_model = {}
+    for trial in plan.trials:
+        by_model.setdefault(trial.config.model.name, set()).add(trial.model_key)
+    assert len(plan.trials) == 8 and {m: len(k) for m, k in by_model.items()} == {"tiny_llama": 1, "tiny_qwen3": 1}
+    assert len(load_sweep(_sweep(tmp_path, "grid: {model.dtype: [float32, bfloat16]}\n", "d.yaml")).trials) == 2
+    dtypes = load_sweep(tmp_path / "d.yaml").trials
+    assert dtypes[0].model_key != dtypes[1].model_key  # other weights: loaded again
+
+
 def test_name_option_and_user_project(tmp_path: Path) -> None:
     path = _sweep(tmp_path, "grid: {model: [tiny_llama]}\noverrides: [tracker.project=mine, 'experiment.output_dir=/x/y']\n")
     plan = load_sweep(path, name="other")

@@ -149,6 +149,16 @@ def test_sampling_parameters_are_pinned(fake_vllm, qwen3_folder, shared_cache) -
     assert (kwargs["temperature"], kwargs["top_p"], kwargs["stop"]) == (0.7, 0.9, ["###", "."])
 
 
+def test_a_loaded_engine_takes_new_decoding_settings(fake_vllm, qwen3_folder, shared_cache) -> None:
+    _, generator = _vllm(qwen3_folder, shared_cache, "model.seed=3")
+    engines = len(fake_vllm.FakeLLM.instances)
+    hotter = _config(qwen3_folder, shared_cache, "model.seed=3", "model.temperature=0.8", "model.max_new_tokens=5")
+    generator.adopt(hotter.model)
+    assert len(fake_vllm.FakeLLM.instances) == engines  # no second engine
+    assert generator.sampling_params.kwargs["temperature"] == 0.8
+    assert generator.sampling_params.kwargs["max_tokens"] == 5 and generator.sampling_params.kwargs["seed"] == 3
+
+
 def test_eos_ids_are_the_hf_backends(fake_vllm, tiny_folder, shared_cache) -> None:
     _, generator = _vllm(tiny_folder, shared_cache)
     _, reference = _hf(tiny_folder, shared_cache)

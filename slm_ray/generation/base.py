@@ -43,6 +43,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
 
 
+#: Model settings that only steer decoding. A loaded model takes new values of these for its next
+#: run instead of loading again, so a sweep over temperatures loads each model once per worker.
+DECODING_SETTINGS = ("temperature", "top_p", "max_new_tokens", "stop")
+
+
+def load_settings(model_config: Any) -> dict[str, Any]:
+    """The model settings that decide what gets loaded: all but ``DECODING_SETTINGS``."""
+    data = model_config.model_dump(by_alias=True)
+    for key in DECODING_SETTINGS:
+        data.pop(key, None)
+    return data
+
+
 class BaseModel(ABC):
     """A loaded language model that turns chat messages into short answers, batch by batch."""
 
@@ -52,6 +65,23 @@ class BaseModel(ABC):
         #: Largest batch that has fitted so far: halved on each out-of-memory error.
         self.batch_limit: int = config.batch_size
         self.oom_halvings: int = 0
+
+    def serves(self, model_config: Any) -> bool:
+        """Whether this loaded model can run ``model_config`` (it differs at most in decoding)."""
+        return load_settings(model_config) == load_settings(self.config)
+
+    def adopt(self, model_config: Any) -> None:
+        """Decode the next run with ``model_config``'s settings; the loaded model must serve it."""
+        if model_config == self.config:
+            return
+        if not self.serves(model_config):
+            raise ValueError(f"the loaded model {self.config.name} cannot run model={model_config.name} with "
+                             "other load settings: load it again")
+        self.config = model_config
+        self.decoding_changed()
+
+    def decoding_changed(self) -> None:
+        """Called after ``adopt``: a backend that prepared decoding parameters rebuilds them here."""
 
     def run_batch(self, rows: list[Row], generate: Callable[[list[Row]], list[Generation]]) -> list[Generation]:
         """``generate(rows)`` in pieces of at most ``batch_limit`` rows; out of memory halves the

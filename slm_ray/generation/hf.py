@@ -74,6 +74,9 @@ class HFGenerator(BaseModel):
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max(max_tokens, 0)])
 
     def generate_batches(self, prompts: Sequence[str]) -> Iterator[tuple[list[int], list[Generation]]]:
+        # every run samples from its own seed: a generator kept loaded between runs (sweep workers,
+        # ``key=a,b``) must answer a run the same whatever it ran before
+        self._sampler.manual_seed(self.config.seed)
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         for batch in self._batches([len(e) for e in encoded]):
             yield batch, self.run_batch([encoded[i] for i in batch], self._generate)

@@ -194,6 +194,9 @@ class VLLMGenerator(BaseModel):
         self.sampling_params = vllm.SamplingParams(**sampling_kwargs(config, self.eos_ids))
         log.info("loaded %s with vLLM %s in %.1fs", config.name, self.vllm_version, self.load_seconds)
 
+    def decoding_changed(self) -> None:
+        self.sampling_params = import_vllm().SamplingParams(**sampling_kwargs(self.config, self.eos_ids))
+
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   **self.config.chat_template_kwargs)

@@ -90,8 +90,8 @@ class Trial:
 
     @property
     def model_key(self) -> str:
-        """Trials with the same key can share a loaded generator."""
-        return stable_hash(self.config.model.model_dump(by_alias=True))
+        """Trials with the same key can share a loaded generator (they differ at most in decoding)."""
+        return model_load_key(self.config)
 
     @property
     def retriever_key(self) -> str | None:
@@ -299,17 +299,24 @@ def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bo
     return name
 
 
+def model_load_key(cfg: ExperimentConfig) -> str:
+    """Equal for trials whose models load the same (decoding settings aside)."""
+    from slm_ray.generation.base import load_settings
+
+    return stable_hash(load_settings(cfg.model))
+
+
 def _order(staged: list[tuple]) -> list[tuple]:
     """Group trials by model (first appearance) so each model loads once per worker; within a model,
     longest first (``LONGEST_FIRST``, more passages before fewer), then sweep-file order."""
     first_seen: dict[str, int] = {}
     for i, (_, _, cfg, _) in enumerate(staged):
-        first_seen.setdefault(stable_hash(cfg.model.model_dump(by_alias=True)), i)
+        first_seen.setdefault(model_load_key(cfg), i)
 
     def key(pair: tuple[int, tuple]) -> tuple:
         position, (_, _, cfg, _) = pair
         k = cfg.retriever.k if cfg.experiment_mode == "retriever_context" else 0
-        return (first_seen[stable_hash(cfg.model.model_dump(by_alias=True))], LONGEST_FIRST[cfg.experiment_mode],
+        return (first_seen[model_load_key(cfg)], LONGEST_FIRST[cfg.experiment_mode],
                 -k, position)
 
     return [item for _, item in sorted(enumerate(staged), key=key)]
