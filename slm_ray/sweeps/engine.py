@@ -419,7 +419,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
         )
-        with _credentials_hidden_from_tune():
+        with _credentials_hidden_from_tune(), _tune_output(verbose):
             grid = tuner.fit()
         tune_errors = {}
         for result in grid:
@@ -474,6 +474,24 @@ DASHBOARD_MIN_CPUS = 4
 def dashboard_by_default(cpus: int | None = None) -> bool:
     """Whether a local Ray starts its dashboard when the command line does not say."""
     return (cpus if cpus is not None else os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
+
+
+@contextmanager
+def _tune_output(verbose: int) -> Iterator[None]:
+    """At verbose=0 Tune prints nothing (its newer console output still prints a banner at 0);
+    the sweep's own lines report each trial."""
+    if verbose:
+        yield
+        return
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:
