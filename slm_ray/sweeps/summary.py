@@ -59,8 +59,8 @@ def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]
 
 
 def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per trial of the sweep, in reading order: by model as planned, then closed book, gold
-    passage, retrieval (the plan runs longest first); trials found only on disk come last."""
+    """One row per trial of the sweep, in reading order: by model and dataset as planned, then closed
+    book, gold passage, retrieval (the plan runs longest first); trials found only on disk come last."""
     sweep_dir = Path(sweep_dir)
     plan = _read_json(sweep_dir / "sweep.json") or {}
     stats = _read_json(sweep_dir / "sweep_stats.json")
@@ -73,9 +73,11 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
                         and ((p / "results.json").is_file() or (p / "trial.json").is_file()))
     rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
     models: dict[Any, int] = {}
+    datasets: dict[Any, int] = {}
     for row in rows:
         models.setdefault(row["model"], len(models))
-    return sorted(rows, key=lambda row: (row["trial"] not in planned, models[row["model"]],
+        datasets.setdefault(row["dataset"], len(datasets))
+    return sorted(rows, key=lambda row: (row["trial"] not in planned, models[row["model"]], datasets[row["dataset"]],
                                          READING_ORDER.get(row["mode"], len(READING_ORDER)),
                                          str(row["retriever"]), row["k"] or 0))
 
