@@ -5,6 +5,7 @@ Trials of tiny models ask for half a GPU each; they run on CPU (the tiny configs
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -89,6 +90,14 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cach
     # the summary and its plots are there
     for name in ("summary.csv", "summary.md", "token_recall.png", "memory.png", "throughput.png"):
         assert (sweep_dir / name).is_file()
+    # Tune's own results stay, with the final metrics in each trial's progress.csv
+    tune_runs = list((sweep_dir / "ray").glob("run-*"))
+    assert len(tune_runs) == 1
+    ok_trial = next(name for name in status)
+    with open(tune_runs[0] / ok_trial / "progress.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["status"] == "started" and rows[-1]["status"] == "ok"
+    assert float(rows[-1]["token_recall"]) == next(r for r in summary["trials"] if r["trial"] == ok_trial)["token_recall"]
     # retriever memory of the shared actors is reported per trial
     rc_rows = [r for r in summary["trials"] if r["mode"] == "retriever_context"]
     assert rc_rows and all(r["retriever_peak_rss_mb"] for r in rc_rows)

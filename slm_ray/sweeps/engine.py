@@ -36,8 +36,13 @@ TRIAL_RECORD = "trial.json"
 WORKER_RETRIES = 2
 
 
-#: The progress keys, as a trial reports them once it has a worker (Tune's CSV keeps the first keys).
-STARTED = {"examples_done": 0, "running_token_recall": 0.0, "examples_per_second": 0.0, "peak_rss_mb": 0.0}
+#: What a trial reports once it has a worker: every key it will report later, empty for now.
+#: Tune's progress.csv takes its columns from a trial's first report and drops keys that come later.
+_METRICS = ("token_recall", "exact_match", "f1", "match", "retrieval_recall")
+STARTED = {"examples_done": 0, "examples_per_second": 0.0, "peak_rss_mb": 0.0, "peak_gpu_mb": 0.0,
+           "torch_peak_allocated_mb": 0.0, "node_id": None,
+           **{f"running_{m}": float("nan") for m in _METRICS},
+           **{f"{m}{end}": float("nan") for m in _METRICS for end in ("", "_ci_low", "_ci_high")}}
 
 
 class TrialFailed(RuntimeError):
