@@ -42,10 +42,27 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         yield staging
-        if folder.exists():
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        if folder.exists():
+            raise FileExistsError(folder)
+        os.replace(staging, folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not folder.exists():  # not a lost race: a real failure to rename
+            raise
+
+
+@contextmanager
+def build_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock file ``.<name>.lock`` beside ``path`` while building ``path``: a process that
+    wants the same cache entry waits, then finds it built, instead of spending the same minutes on
+    a second copy."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        yield

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,11 @@ def corpus() -> list[Passage]:
     return builtin_nq_corpus()
 
 
+def _indexes(cache: Path) -> list[Path]:
+    """The index folders of a cache (not its hidden lock files or staging folders)."""
+    return [p for p in (cache / "indexes").iterdir() if not p.name.startswith(".")]
+
+
 def test_bm25_finds_the_gold_passage_and_recall_is_high(corpus, tmp_path: Path) -> None:
     retriever, built = build_or_load(BM25Config(), corpus, tmp_path)
     assert built
@@ -38,18 +46,70 @@ def test_index_is_built_once_and_reused(corpus, tmp_path: Path) -> None:
     second, built_second = build_or_load(BM25Config(k=2), corpus, tmp_path)  # k is query time only
     assert built_first and not built_second
     assert [h.passage.id for h in second.retrieve([QUESTION], 5)[0]] == [h.passage.id for h in first.retrieve([QUESTION], 5)[0]]
-    assert len(list((tmp_path / "indexes").iterdir())) == 1
+    assert len(_indexes(tmp_path)) == 1
     assert index_key(BM25Config(), corpus) != index_key(BM25Config(), corpus[:-1])
     assert index_key(BM25Config(), corpus) != index_key(BM25Config(k1=1.2), corpus)
 
 
 def test_a_corrupt_cached_index_is_rebuilt(corpus, tmp_path: Path) -> None:
     build_or_load(BM25Config(), corpus, tmp_path)
-    folder = next((tmp_path / "indexes").iterdir())
+    folder = _indexes(tmp_path)[0]
     for file in folder.glob("*.npy"):
         file.write_bytes(b"garbage")
     retriever, built = build_or_load(BM25Config(), corpus, tmp_path)
     assert built and retriever.retrieve([QUESTION], 1)[0][0].passage.title == "List of Nobel laureates in Physics"
+
+
+def _build_in_child(cache: str, passages: list, start, results) -> None:
+    from slm_ray.retrieval.bm25 import BM25Retriever
+
+    original = BM25Retriever.build
+
+    def slow_build(self) -> None:  # a build long enough for the two processes to overlap
+        time.sleep(1.5)
+        original(self)
+
+    BM25Retriever.build = slow_build
+    start.wait()
+    _, built = build_or_load(BM25Config(), passages, cache)
+    results.put(built)
+
+
+def test_two_processes_wanting_one_index_build_it_once(tmp_path: Path) -> None:
+    """Two runs started together (or two sweep workers) build an index once; the other loads it."""
+    passages = [Passage(str(i), f"passage {i} about topic {i % 7}") for i in range(50)]
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    children = [context.Process(target=_build_in_child, args=(str(tmp_path), passages, start, results))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    time.sleep(0.5)
+    start.set()
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    assert sorted(results.get(timeout=5) for _ in children) == [False, True]
+    assert len(_indexes(tmp_path)) == 1
+
+
+def test_a_lost_rename_race_keeps_the_other_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slm_ray import io
+
+    target = tmp_path / "entry"
+    real_replace = os.replace
+
+    def other_process_first(src, dst):  # another process renames its copy into place just before us
+        if Path(dst) == target and not target.exists():
+            target.mkdir()
+            (target / "theirs").write_text("x")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", other_process_first)
+    with io.atomic_folder(target) as staging:
+        (staging / "ours").write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == ["theirs"]
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # our staging folder is gone
 
 
 def test_k_larger_than_the_corpus_returns_every_passage(tmp_path: Path) -> None:

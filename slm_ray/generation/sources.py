@@ -105,13 +105,22 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
 
 def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> Path:
     """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from slm_ray.io import atomic_folder
+    from slm_ray.io import build_lock
 
     target = cache_dir / "models" / f"{Path(gguf_file).stem}-{str(dtype).removeprefix('torch.')}"
     if (target / "config.json").is_file():
         return target
+    with build_lock(target):  # two sweep workers starting together: one dequantises, the other waits
+        if not (target / "config.json").is_file():
+            _dequantise(folder, gguf_file, dtype, target)
+    return target
+
+
+def _dequantise(folder: Path, gguf_file: str, dtype: Any, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slm_ray.io import atomic_folder
+
     log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
@@ -122,4 +131,3 @@ def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path)
     with atomic_folder(target) as staging:
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)
-    return target
