@@ -67,6 +67,30 @@ def complete_lines(path: Path) -> list[str]:
     return [line for line in lines[:-1] if line.strip()]
 
 
+def _example_id(line: str) -> Any:
+    """The example id of a prediction line, or None for a line that is not one."""
+    try:
+        return json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def example_ids(lines: list[str]) -> set[Any]:
+    """The example ids of prediction lines (lines that are not predictions are left out)."""
+    return {i for i in map(_example_id, lines) if i is not None}
+
+
+def unseen_lines(lines: list[str], known: set[Any]) -> list[str]:
+    """The prediction lines whose example is not in ``known``, each example once (``known`` gains them)."""
+    fresh = []
+    for line in lines:
+        example_id = _example_id(line)
+        if example_id is not None and example_id not in known:
+            known.add(example_id)
+            fresh.append(line)
+    return fresh
+
+
 class GeneratorWorker:
     """The body of a generator actor: runs trials with a generator it keeps loaded between them."""
 
@@ -173,19 +197,7 @@ def _merge_seed(out: Path, seed: dict[str, str]) -> None:
     if seed.get("config.json") and not (out / "config.json").is_file():
         atomic_write_text(out / "config.json", seed["config.json"])
     lines = complete_lines(out / PREDICTIONS)
-    ids = set()
-    for line in lines:
-        try:
-            ids.add(json.loads(line)["id"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    extra = []
-    for line in (seed.get(PREDICTIONS) or "").splitlines():
-        try:
-            if json.loads(line)["id"] not in ids:
-                extra.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
+    extra = unseen_lines((seed.get(PREDICTIONS) or "").splitlines(), example_ids(lines))
     if extra:
         atomic_write_text(out / PREDICTIONS, "".join(line + "\n" for line in [*lines, *extra]))
 
