@@ -309,15 +309,15 @@ def model_load_key(cfg: ExperimentConfig) -> str:
 def _order(staged: list[tuple]) -> list[tuple]:
     """Group trials by model (first appearance) so each model loads once per worker; within a model,
     longest first (``LONGEST_FIRST``, more passages before fewer), then sweep-file order."""
+    load_keys = [model_load_key(cfg) for _, _, cfg, _ in staged]
     first_seen: dict[str, int] = {}
-    for i, (_, _, cfg, _) in enumerate(staged):
-        first_seen.setdefault(model_load_key(cfg), i)
+    for i, load_key in enumerate(load_keys):
+        first_seen.setdefault(load_key, i)
 
     def key(pair: tuple[int, tuple]) -> tuple:
         position, (_, _, cfg, _) = pair
         k = cfg.retriever.k if cfg.experiment_mode == "retriever_context" else 0
-        return (first_seen[model_load_key(cfg)], LONGEST_FIRST[cfg.experiment_mode],
-                -k, position)
+        return (first_seen[load_keys[position]], LONGEST_FIRST[cfg.experiment_mode], -k, position)
 
     return [item for _, item in sorted(enumerate(staged), key=key)]
 

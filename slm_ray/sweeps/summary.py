@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from slm_ray.config import EXPERIMENT_MODES
 from slm_ray.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("slm_ray.sweep")
@@ -28,8 +29,8 @@ COLUMNS = (
     "model_peak_rss_mb", "model_peak_gpu_mb", "retriever_peak_rss_mb", "retriever_peak_gpu_mb",
     "node_id", "actor", "status", "error",
 )
-#: The order a reader expects: closed book, gold passage, retrieval.
-READING_ORDER = {"no_context": 0, "oracle_context": 1, "retriever_context": 2}
+#: The order a reader expects: closed book, gold passage, retrieval (the config's order of modes).
+READING_ORDER = {mode: i for i, mode in enumerate(EXPERIMENT_MODES)}
 PLOTS = ("token_recall.png", "memory.png", "throughput.png")
 
 
