@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from slm_ray.io import atomic_write_json, atomic_write_text
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
+from slm_ray.sweeps.summary import METRICS, write_summary
 
 log = logging.getLogger("slm_ray.sweep")
 
@@ -38,11 +39,10 @@ WORKER_RETRIES = 2
 
 #: What a trial reports once it has a worker: every key it will report later, empty for now.
 #: Tune's progress.csv takes its columns from a trial's first report and drops keys that come later.
-_METRICS = ("token_recall", "exact_match", "f1", "match", "retrieval_recall")
 STARTED = {"examples_done": 0, "examples_per_second": 0.0, "peak_rss_mb": 0.0, "peak_gpu_mb": 0.0,
            "torch_peak_allocated_mb": 0.0, "node_id": None,
-           **{f"running_{m}": float("nan") for m in _METRICS},
-           **{f"{m}{end}": float("nan") for m in _METRICS for end in ("", "_ci_low", "_ci_high")}}
+           **{f"running_{m}": float("nan") for m in METRICS},
+           **{f"{m}{end}": float("nan") for m in METRICS for end in ("", "_ci_low", "_ci_high")}}
 
 
 class TrialFailed(RuntimeError):
@@ -185,24 +185,11 @@ def _seed_files(head: Path) -> dict[str, str]:
 
 def _append_new_predictions(path: Path, lines: list[str], known: set[str] | None) -> set[str]:
     """Mirror prediction lines streamed from a remote worker, each example once."""
-    from slm_ray.sweeps.actors import complete_lines
+    from slm_ray.sweeps.actors import complete_lines, example_ids, unseen_lines
 
     if known is None:
-        known = set()
-        for line in complete_lines(path):
-            try:
-                known.add(json.loads(line)["id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    fresh = []
-    for line in lines:
-        try:
-            example_id = json.loads(line)["id"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if example_id not in known:
-            known.add(example_id)
-            fresh.append(line)
+        known = example_ids(complete_lines(path))
+    fresh = unseen_lines(lines, known)
     if fresh:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
@@ -292,8 +279,6 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the generator and retriever actors.
     """
-    from slm_ray.sweeps.summary import write_summary
-
     base = Path.cwd()
     sweep_abs = (base / plan.sweep_dir).resolve()
     states = {t.name: trial_state(t, base) for t in plan.trials}
@@ -338,15 +323,15 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     from slm_ray.sweeps.actors import RUN_MARKER, WorkerPool, prestart_workers, ray_class
 
     connect_started = time.perf_counter()
-    local_start = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     chosen = dashboard_wanted is not None
     if dashboard_wanted is None:
         dashboard_wanted = dashboard_by_default()
     started_here, dashboard = _connect(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
+    local = started_here and not address and not os.environ.get("RAY_ADDRESS")
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
-    elif local_start and not dashboard_wanted:
+    elif local and not dashboard_wanted:
         echo("Ray dashboard: off (--no-dashboard)" if chosen else
              f"Ray dashboard: off on this {os.cpu_count()}-CPU machine, where it would slow the trials "
              "(--dashboard turns it on)")
@@ -357,7 +342,6 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     pool = None
     first: list[tuple[str, Any, tuple, str]] = []
     try:
-        local = started_here and not address and not os.environ.get("RAY_ADDRESS")
         shapes = _resolve_shapes(plan, pending, local)
         n_services = len({t.retriever_key for t in pending if t.retriever_key})
         rr = plan.retriever_resources
@@ -424,7 +408,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
         )
-        with _credentials_hidden_from_tune(), _tune_output(verbose):
+        with _environ_for_tune(verbose):
             grid = tuner.fit()
         tune_errors = {}
         for result in grid:
@@ -462,13 +446,27 @@ TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SE
 
 
 @contextmanager
-def _credentials_hidden_from_tune() -> Iterator[None]:
-    """Keep cloud credentials out of the trials' runtime_env (and so out of Ray's logs) while Tune runs."""
-    saved = {name: os.environ.pop(name) for name in TUNE_PROPAGATED_SECRETS if name in os.environ}
+def _environ_for_tune(verbose: int) -> Iterator[None]:
+    """The driver's environment while Tune runs, restored after: cloud credentials removed (they
+    would reach the trials' runtime_env and so Ray's logs); at verbose=0 Tune's newer console
+    output, which prints a banner even then, switched off (the sweep prints its own lines)."""
+    changes: dict[str, str | None] = {name: None for name in TUNE_PROPAGATED_SECRETS}
+    if not verbose:
+        changes["RAY_AIR_NEW_OUTPUT"] = "0"
+    saved = {name: os.environ.get(name) for name in changes}
+    for name, value in changes.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 #: Below this many CPUs a local Ray starts without its dashboard unless asked: on 2 cores the
@@ -479,24 +477,6 @@ DASHBOARD_MIN_CPUS = 4
 def dashboard_by_default(cpus: int | None = None) -> bool:
     """Whether a local Ray starts its dashboard when the command line does not say."""
     return (cpus if cpus is not None else os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
-
-
-@contextmanager
-def _tune_output(verbose: int) -> Iterator[None]:
-    """At verbose=0 Tune prints nothing (its newer console output still prints a banner at 0);
-    the sweep's own lines report each trial."""
-    if verbose:
-        yield
-        return
-    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:
