@@ -8,17 +8,16 @@ silently ignored setting. Errors name the dotted key, the bad value and what wou
 from __future__ import annotations
 
 import importlib
-import re
 import string
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slm_ray.errors import ConfigError
+from slm_ray.names import check_name
 
 ExperimentMode = Literal["no_context", "oracle_context", "retriever_context"]
 EXPERIMENT_MODES: tuple[str, ...] = ("no_context", "oracle_context", "retriever_context")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
 class Section(BaseModel):
@@ -27,11 +26,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+def _folder_name(value: str | None) -> str | None:
+    return None if value is None else check_name(value)
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+
 class ModelConfig(Section):
     """How to load a generator and how it decodes."""
 
     target: str | None = Field(default=None, alias="_target_")
-    name: str
+    name: FolderName
     backend: Literal["hf", "vllm"] = "hf"
     source: Literal["hub", "local", "gguf_package", "tiny"] = "hub"
     path: str
@@ -67,7 +73,7 @@ class DatasetConfig(Section):
     """Where the questions come from. ``fields`` maps a user file's columns to ours."""
 
     target: str = Field(alias="_target_")
-    name: str
+    name: FolderName
     path: str
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     fields: dict[str, str | None] = Field(default_factory=dict)
@@ -88,7 +94,7 @@ class DatasetConfig(Section):
 class CorpusConfig(Section):
     """The passages a retriever searches: the built-in NQ corpus or a user's file."""
 
-    name: str
+    name: FolderName
     path: str
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     fields: dict[str, str] = Field(default_factory=dict)
@@ -99,7 +105,7 @@ class BM25Config(Section):
 
     target: str = Field(default="slm_ray.retrieval.bm25.BM25Retriever", alias="_target_")
     type: Literal["bm25"] = "bm25"
-    name: str = "bm25"
+    name: FolderName = "bm25"
     k: int = Field(default=5, ge=1, le=100)
     stemmer: str | None = "english"
     stopwords: str | None = "en"
@@ -112,7 +118,7 @@ class DenseConfig(Section):
 
     target: str = Field(default="slm_ray.retrieval.dense.DenseRetriever", alias="_target_")
     type: Literal["dense"] = "dense"
-    name: str = "dense"
+    name: FolderName = "dense"
     k: int = Field(default=5, ge=1, le=100)
     encoder: str = "builtin:all-MiniLM-L6-v2"
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
@@ -168,23 +174,15 @@ class TrackerConfig(Section):
 class ExperimentSection(Section):
     """Run identity and bookkeeping."""
 
-    name: str | None = None
+    name: FolderName | None = None
     output_dir: str = "outputs"
     cache_dir: str = ".cache"
     seed: int = 0
     bootstrap_resamples: int = Field(default=1000, ge=10)
     memory_interval_s: float = Field(default=0.5, gt=0.0)
     retrieval_batch_size: int = Field(default=256, ge=1)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not SAFE_NAME.match(value):
-            raise ValueError(
-                f"{value!r} is not a safe folder name (letters, digits and . _ = + - only, "
-                "no slashes or leading dot)"
-            )
-        return value
+    #: Start over when the inputs changed: the old folder is moved aside to ``<name>.replaced-<time>``.
+    replace: bool = False
 
 
 class ExperimentConfig(Section):
@@ -208,6 +206,16 @@ class ExperimentConfig(Section):
         if self.experiment_mode == "retriever_context":
             parts.append(f"{self.retriever.name}-k{self.retriever.k}")
         return "_".join(parts)
+
+    @model_validator(mode="after")
+    def _run_name_fits(self) -> "ExperimentConfig":
+        """The default run name joins several names: it must itself be a safe folder name."""
+        if not self.experiment.name:
+            try:
+                check_name(self.run_name)
+            except ValueError as exc:
+                raise ValueError(f"the run name {self.run_name!r} {exc}; set experiment.name") from None
+        return self
 
 
 def import_object(dotted: str) -> Any:

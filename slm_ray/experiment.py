@@ -4,15 +4,16 @@ Free of Ray on purpose: the sweep engine calls ``run_experiment`` inside its act
 generator it keeps loaded and a client of the shared retriever actor.
 
 Predictions are appended batch by batch, so an interrupted run resumes where it stopped; the
-summary files are written atomically at the end and can be recomputed from the predictions.
+summary files are written atomically at the end and can be recomputed from the predictions. The
+folder itself (lock, inputs, segments, reading) belongs to ``slm_ray.run_folder``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import platform
-import shutil
+import socket
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
@@ -21,16 +22,16 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slm_ray.config import ExperimentConfig, import_object
 from slm_ray.data.base import Passage, QAExample
-from slm_ray.errors import ConfigError, SlmRayError
+from slm_ray.errors import SlmRayError
 from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.generation.base import BaseModel
-from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, RunFolder, RunSession, aggregate_segments,
+                                 now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
 from slm_ray.tracking.base import mask_secrets
 
 log = logging.getLogger("slm_ray.experiment")
-PREDICTIONS = "predictions.jsonl"
 PROGRESS_EVERY = 50
 
 
@@ -47,30 +48,6 @@ GeneratorSource = BaseModel | Callable[[ExperimentConfig], BaseModel] | None
 
 def output_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.experiment.output_dir) / cfg.run_name
-
-
-def config_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What must not change between an interrupted run and its resumption (bookkeeping excluded)."""
-    data = cfg.model_dump(by_alias=True)
-    data["model"] = {k: v for k, v in data["model"].items() if k not in ("batch_size", "cleanup_every", "device",
-                                                                          "gpu_memory_utilization", "num_gpus")}
-    for key in ("tracker", "experiment"):
-        data.pop(key)
-    return data
-
-
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Rows already written; a torn last line (a crash mid-write) is dropped and rewritten later."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
 
 
 def build_dataset(cfg: ExperimentConfig) -> list[QAExample]:
@@ -108,14 +85,14 @@ def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Re
     return passages
 
 
-def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[str, float],
+def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[str, Any],
               model_info: dict[str, Any], retriever_info: dict[str, Any] | None,
               memory: dict[str, Any]) -> dict[str, Any]:
-    """results.json: metrics with 95% bootstrap CIs, counts, throughput, memory peaks, versions."""
+    """results.json: metrics with 95% bootstrap CIs, counts, throughput, memory peaks, versions.
+    ``timing``: the run's segments aggregated (``aggregate_segments``)."""
     metrics = aggregate([r["metrics"] for r in rows], n_resamples=cfg.experiment.bootstrap_resamples,
                         seed=cfg.experiment.seed)
     seconds = timing.get("generation_seconds", 0.0)
-    components = memory.get("components", {})
     return {
         "experiment": cfg.run_name,
         "experiment_mode": cfg.experiment_mode,
@@ -133,8 +110,8 @@ def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[st
             "retrieval_seconds": round(timing.get("retrieval_seconds", 0.0), 3),
             "model_load_seconds": round(model_info.get("load_seconds", 0.0), 3),
         },
-        "memory": {name: {k: v for k, v in comp.items() if k.startswith("peak") or k.startswith("torch_peak")}
-                   for name, comp in components.items()},
+        "memory": _segment_memory(memory),
+        "segments": timing.get("segments", 1),
         "model_info": model_info,
         "retriever_info": retriever_info,
         "versions": versions(),
@@ -182,40 +159,42 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
 
     ``generator``/``retriever`` are borrowed when given (kept loaded by the caller) and built here
     otherwise; ``generator`` may be a function of the config, called only when there is work left.
-    ``progress`` receives running metrics after every batch.
+    ``progress`` receives running metrics after every batch. The run folder is locked while this
+    runs; a finished run is returned as it is, without writing anything.
     """
-    out = output_dir(cfg)
     examples = build_dataset(cfg)
-    new_root = _first_missing_folder(out)
+    masked = mask_secrets(cfg.model_dump(by_alias=True))
+    session = RunFolder(output_dir(cfg)).open(run_inputs(cfg, examples), masked, cfg.experiment.replace)
     try:
-        return _run(cfg, out, examples, generator, retriever, progress, show_progress)
+        session.check_examples(examples)
+        if session.complete:
+            log.info("%s is complete (%d examples): nothing to run, nothing rewritten; results in %s",
+                     cfg.run_name, len(session.done), session.path / RESULTS)
+            results = session.folder.raw_results()
+            assert results is not None
+            return results
+        return _run(cfg, session, examples, generator, retriever, progress, show_progress)
     except SlmRayError:
-        if new_root is not None and not (out / PREDICTIONS).is_file():
-            shutil.rmtree(new_root, ignore_errors=True)  # a refused run leaves nothing behind
+        session.close(discard=True)  # a refused run removes the files it wrote into a folder it created
         raise
+    finally:
+        session.close()
 
 
-def _first_missing_folder(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what this run would create)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
+def _new_segment() -> dict[str, Any]:
+    """This process's share of the run: counts, time and memory peaks, saved after every batch."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(), "finished": None,
+            "generated_examples": 0, "generated_tokens": 0, "generation_seconds": 0.0, "retrieval_seconds": 0.0,
+            "model_info": None, "retriever_info": None, "memory": {}}
 
 
-def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator: GeneratorSource,
+def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], generator: GeneratorSource,
          retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    _check_resumable(cfg, out)
-    predictions_path = out / PREDICTIONS
-    done = {r["id"]: r for r in read_predictions(predictions_path)}
-    pending = [e for e in examples if e.id not in done]
+    pending = [e for e in examples if e.id not in session.done]
     monitor = MemoryMonitor(interval_s=cfg.experiment.memory_interval_s).start()
-    timing: dict[str, float] = {"generation_seconds": 0.0, "generated_examples": 0, "generated_tokens": 0}
-    retriever_info, model_info, rows = None, _previous_model_info(out), done
+    segment = _new_segment()
     tracker = None
     stack = ExitStack()
     try:
@@ -227,25 +206,27 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
             with monitor.phase("retriever") if measure_here else nullcontext():
                 if cfg.experiment_mode == "retriever_context":
                     retriever = retriever or build_local_retriever(cfg)
-                    retriever_info = getattr(retriever, "describe", lambda: None)()
+                    segment["retriever_info"] = getattr(retriever, "describe", lambda: None)()
                 contexts = contexts_for(cfg, pending, retriever)
-            timing["retrieval_seconds"] = time.perf_counter() - started
-        out.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(log_to_file(out / "run.log"))
-        log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(done))
-        atomic_write_json(out / "config.json", mask_secrets(cfg.model_dump(by_alias=True)))
-        _rewrite_clean(predictions_path, list(done.values()))
-        tracker = build_tracker(cfg.tracker, cfg.run_name, _tags(cfg))
-        tracker.log_params(mask_secrets(cfg.model_dump(by_alias=True)))
-        if pending:
+            segment["retrieval_seconds"] = time.perf_counter() - started
             with monitor.phase("model"):
                 generator = generator(cfg) if callable(generator) else generator or build_generator(cfg)
                 generator.adopt(cfg.model)  # a kept-loaded model decodes with this run's settings
-                bar = tqdm(total=len(examples), initial=len(done), desc=cfg.run_name, unit="q",
+        session.start()
+        stack.enter_context(log_to_file(session.path / LOG))
+        log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(session.done))
+        tracker = build_tracker(cfg.tracker, cfg.run_name, _tags(cfg))
+        tracker.log_params(session.config)
+        if pending:
+            assert generator is not None
+            segment["model_info"] = generator.describe()
+            with monitor.phase("model"):
+                bar = tqdm(total=len(examples), initial=len(session.done), desc=cfg.run_name, unit="q",
                            disable=not show_progress)
-                rows = _generate(cfg, generator, pending, contexts, predictions_path, done, timing, tracker,
-                                 monitor, progress, bar)
-            model_info = generator.describe()
+                _generate(cfg, generator, pending, contexts, session, segment, tracker, monitor, progress, bar)
+            segment["model_info"] = generator.describe()
+            segment["finished"] = now_iso()
+            session.save_segment(segment)
     except BaseException:
         if tracker is not None:
             tracker.close()
@@ -254,20 +235,44 @@ def _run(cfg: ExperimentConfig, out: Path, examples: list[QAExample], generator:
     finally:
         monitor.stop()
     with stack:
-        return _finish(cfg, out, examples, rows, timing, model_info, retriever_info, monitor.summary(), tracker)
+        return _finish(cfg, session, examples, monitor.summary(), bool(pending), tracker)
 
 
-def _finish(cfg: ExperimentConfig, out: Path, examples: list[QAExample], rows: dict[str, dict[str, Any]],
-            timing: dict[str, float], model_info: dict[str, Any], retriever_info: dict[str, Any] | None,
-            memory: dict[str, Any], tracker: Any) -> dict[str, Any]:
-    """Write memory_usage.json and results.json, report to the tracker, close it."""
-    atomic_write_json(out / "memory_usage.json", memory)
+def _segment_memory(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: {k: v for k, v in comp.items() if k.startswith("peak") or k.startswith("torch_peak")}
+            for name, comp in summary.get("components", {}).items()}
+
+
+def _memory_file(session: RunSession, summary: dict[str, Any], generated_here: bool) -> dict[str, Any]:
+    """memory_usage.json: this process's samples when it generated (else the earlier file's), with
+    every component's peaks taken as the maxima over all segments of the run."""
+    previous = session.folder.memory() if not generated_here else None
+    memory = dict(previous or summary)
+    segments = session.all_segments()
+    components = {name: dict(values) for name, values in (memory.get("components") or {}).items()}
+    for name, peaks in aggregate_segments(segments)["memory"].items():
+        components[name] = {**components.get(name, {}), **peaks}
+    memory["components"] = components
+    memory["segments"] = [{k: s.get(k) for k in ("pid", "host", "started", "finished", "generated_examples", "memory")}
+                          for s in segments]
+    return memory
+
+
+def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], summary: dict[str, Any],
+            generated_here: bool, tracker: Any) -> dict[str, Any]:
+    """Write memory_usage.json and results.json from every segment, report to the tracker, close it."""
+    memory = _memory_file(session, summary, generated_here)
     order = {e.id: i for i, e in enumerate(examples)}
-    ordered = sorted((r for r in rows.values() if r["id"] in order), key=lambda r: order[r["id"]])
-    results = summarize(cfg, ordered, timing, model_info, retriever_info, memory)
-    atomic_write_json(out / "results.json", results)
+    ordered = sorted((r for r in session.done.values() if r["id"] in order), key=lambda r: order[r["id"]])
+    segments = session.all_segments()
+    totals = aggregate_segments(segments)
+    model_info = next((s["model_info"] for s in reversed(segments) if s.get("model_info")), None)
+    retriever_info = next((s["retriever_info"] for s in reversed(segments) if s.get("retriever_info")), None)
+    results = summarize(cfg, ordered, totals, model_info or {}, retriever_info, memory)
+    session.finish(results, memory)
+    out = session.path
     tracker.log_final({f"{k}": v["mean"] for k, v in results["metrics"].items()})
-    for name in ("results.json", PREDICTIONS, "memory_usage.json", "config.json"):
+    for name in (RESULTS, PREDICTIONS, MEMORY, CONFIG):
         tracker.log_artifact(name, out / name)
     note = tracker.close()
     if note:
@@ -294,51 +299,42 @@ def log_to_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _previous_model_info(out: Path) -> dict[str, Any]:
-    """Model facts from an earlier complete run, for a rerun that has nothing left to generate."""
-    try:
-        return json.loads((out / "results.json").read_text())["model_info"]
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
 def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample],
-              contexts: list[list[Passage] | None], predictions_path: Path, done: dict[str, dict[str, Any]],
-              timing: dict[str, float], tracker: Any, monitor: MemoryMonitor, progress: ProgressCallback | None,
-              bar: Any) -> dict[str, dict[str, Any]]:
-    """Answer ``pending`` batch by batch, appending each batch to predictions.jsonl as it lands."""
+              contexts: list[list[Passage] | None], session: RunSession, segment: dict[str, Any], tracker: Any,
+              monitor: MemoryMonitor, progress: ProgressCallback | None, bar: Any) -> None:
+    """Answer ``pending`` batch by batch, appending each batch to predictions.jsonl as it lands and
+    saving the segment's counts, time and memory peaks with it."""
     from slm_ray.generation.prompts import build_prompt
 
     built = [build_prompt(e.question, c, cfg.prompt, generator, cfg.model.max_prompt_tokens)
              for e, c in zip(pending, contexts)]
-    rows = dict(done)
     retrieved = cfg.experiment_mode == "retriever_context"
+    total = len(session.done) + len(pending)
     last_logged = 0
     started = time.perf_counter()
-    with open(predictions_path, "a", encoding="utf-8") as handle, bar:
+    with bar:
         for indices, generations in generator.generate_batches([p for p, _ in built]):
             batch_rows = [_prediction_row(pending[i], contexts[i], g.text, g, built[i][1], retrieved)
                           for i, g in zip(indices, generations)]
-            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch_rows))
-            handle.flush()
-            for r, g in zip(batch_rows, generations):
-                rows[r["id"]] = r
-                timing["generated_tokens"] += g.generated_tokens
-            timing["generated_examples"] += len(batch_rows)
-            timing["generation_seconds"] = time.perf_counter() - started
+            session.append(batch_rows)
+            segment["generated_tokens"] += sum(g.generated_tokens for g in generations)
+            segment["generated_examples"] += len(batch_rows)
+            segment["generation_seconds"] = time.perf_counter() - started
+            segment["memory"] = _segment_memory(monitor.summary())
+            session.save_segment(segment)
             bar.update(len(batch_rows))
-            running = _running(rows.values())
+            running = _running(session.done.values())
             bar.set_postfix(token_recall=f"{running.get('token_recall', 0):.3f}")
-            if len(rows) - last_logged >= PROGRESS_EVERY or len(rows) == len(done) + len(pending):
-                last_logged = len(rows)
-                _stream(tracker, running, timing, monitor, len(rows), progress)
-    return rows
+            if len(session.done) - last_logged >= PROGRESS_EVERY or len(session.done) == total:
+                last_logged = len(session.done)
+                _stream(tracker, running, segment, monitor, len(session.done), progress)
 
 
-def _stream(tracker: Any, running: dict[str, float], timing: dict[str, float], monitor: MemoryMonitor, step: int,
+def _stream(tracker: Any, running: dict[str, float], segment: dict[str, Any], monitor: MemoryMonitor, step: int,
             progress: ProgressCallback | None) -> None:
     memory = monitor.latest()
-    speed = timing["generated_examples"] / timing["generation_seconds"] if timing["generation_seconds"] else 0.0
+    seconds = segment["generation_seconds"]
+    speed = segment["generated_examples"] / seconds if seconds else 0.0
     tracker.log_scalars("metrics", running, step)
     tracker.log_scalars("throughput", {"examples_per_second": speed}, step)
     tracker.log_scalars("memory_mb", {"rss": memory.get("rss_mb"), "peak_rss": memory.get("peak_rss_mb"),
@@ -355,28 +351,3 @@ def _tags(cfg: ExperimentConfig) -> list[str]:
     if cfg.experiment_mode == "retriever_context":
         tags.append(f"retriever:{cfg.retriever.name}")
     return tags
-
-
-def _check_resumable(cfg: ExperimentConfig, out: Path) -> None:
-    """Resume only the same experiment: a different config under the same name is an error."""
-    saved = out / "config.json"
-    if not saved.is_file() or not (out / PREDICTIONS).is_file():
-        return
-    previous = json.loads(saved.read_text())
-    from slm_ray.config import ExperimentConfig as Schema
-
-    try:
-        previous_fp = config_fingerprint(Schema.model_validate(previous))
-    except Exception:
-        previous_fp = None
-    if previous_fp != config_fingerprint(cfg):
-        raise ConfigError(f"{out} holds a run with a different config; pick another experiment.name "
-                          "or delete that folder")
-
-
-def _rewrite_clean(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Drop a torn last line left by a crash, so appends start on a clean line."""
-    if path.is_file():
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        if path.read_text(encoding="utf-8") != text:
-            atomic_write_text(path, text)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slm_ray.experiment import PREDICTIONS, output_dir, read_predictions, run_experiment
-from slm_ray.errors import ConfigError
+from slm_ray.experiment import PREDICTIONS, output_dir, run_experiment
+from slm_ray.run_folder import InputsChanged, read_predictions
 
 MODES = ["no_context", "oracle_context", "retriever_context"]
 
@@ -21,7 +21,8 @@ def test_each_mode_writes_every_file(mode: str, make_config) -> None:
     cfg = make_config("model=tiny_qwen3", "dataset.limit=12", f"experiment_mode={mode}", "retriever.k=2")
     results = run_experiment(cfg, show_progress=False)
     out = output_dir(cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "memory_usage.json", PREDICTIONS, "results.json", "run.log"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "inputs.json", "memory_usage.json",
+                                                     PREDICTIONS, "results.json", "run.log", "segments.json"]
     rows = read_predictions(out / PREDICTIONS)
     assert [r["id"] for r in sorted(rows, key=lambda r: int(r["id"][3:]))] == [f"nq-{i}" for i in range(12)]
     row = rows[0]
@@ -65,7 +66,7 @@ def test_a_finished_run_is_not_generated_again(make_config, monkeypatch) -> None
 
 def test_same_name_with_another_config_is_refused(make_config) -> None:
     run_experiment(make_config("model=tiny_llama", "dataset.limit=3", "experiment.name=x"), show_progress=False)
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(InputsChanged, match="other inputs: model.architecture: 'llama' -> 'qwen3'"):
         run_experiment(make_config("model=tiny_qwen3", "dataset.limit=3", "experiment.name=x"), show_progress=False)
 
 

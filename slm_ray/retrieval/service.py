@@ -37,7 +37,7 @@ CLIENT_RETRY_SECONDS = 1.0
 
 def service_key(cfg: Any) -> str:
     """One actor per distinct (retriever settings except k/name, corpus, cache dir)."""
-    from slm_ray.sweeps.spec import stable_hash
+    from slm_ray.fingerprints import stable_hash
 
     settings = {k: v for k, v in cfg.retriever.model_dump(by_alias=True).items() if k not in ("k", "name")}
     blob = {"retriever": settings, "corpus": cfg.corpus.model_dump(), "cache_dir": cfg.experiment.cache_dir}
@@ -86,7 +86,7 @@ class RetrieverService:
         self.corpus_seconds = time.perf_counter() - started
         self.index_key = index_key(self.config, self.passages)
         query_settings = {k: v for k, v in self.config.model_dump().items() if k in _RESULT_QUERY_KEYS}
-        from slm_ray.sweeps.spec import stable_hash
+        from slm_ray.fingerprints import stable_hash
 
         self._cache_stem = f"{self.index_key}-{stable_hash(query_settings, 8)}"
         self._retriever = None

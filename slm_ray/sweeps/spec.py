@@ -25,7 +25,6 @@ and the key, exit 2) before any process starts or any file is written.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -34,8 +33,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from slm_ray.composition import GROUPS, compose_config, compose_raw, group_options
-from slm_ray.config import EXPERIMENT_MODES, SAFE_NAME, ExperimentConfig, validate_config
+from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
+from slm_ray.fingerprints import stable_hash
+from slm_ray.names import RULE, name_problem, safe_name
 
 TOP_LEVEL_KEYS = ("name", "description", "overrides", "grid", "exclude", "resources", "retriever_resources",
                   "max_concurrent_trials", "max_failures")
@@ -163,10 +164,6 @@ class SweepPlan:
         return "\n".join(lines)
 
 
-def stable_hash(data: Any, length: int = 12) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
 def hydra_value(value: Any) -> str:
     """A YAML value written as a Hydra override value (quoted when it needs to be)."""
     if isinstance(value, bool):
@@ -203,9 +200,9 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
     if unknown:
         raise SweepError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(TOP_LEVEL_KEYS)})")
     sweep_name = name or raw.get("name") or path.stem
-    if not isinstance(sweep_name, str) or not SAFE_NAME.match(sweep_name):
-        raise SweepError(f"{where}: name={sweep_name!r} is not a safe folder name "
-                         "(letters, digits and . _ = + - only)")
+    problem = name_problem(sweep_name) if isinstance(sweep_name, str) else "is not a string"
+    if problem:
+        raise SweepError(f"{where}: name={sweep_name!r} {problem} ({RULE})")
     overrides = _string_list(raw.get("overrides") or [], f"{where}: overrides")
     cli = [str(o) for o in cli_overrides]
     grid = _parse_grid(raw.get("grid"), where)
@@ -293,10 +290,7 @@ def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bo
         if short_paths and isinstance(value, str) and ("/" in text or "\\" in text):
             text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or text
         parts.append(f"{axis}={text}")
-    name = "-".join(_UNSAFE_NAME_CHARS.sub("_", p) for p in parts).strip("_")
-    if not SAFE_NAME.match(name):
-        name = "t" + name
-    return name
+    return safe_name("-".join(_UNSAFE_NAME_CHARS.sub("_", p) for p in parts))
 
 
 def model_load_key(cfg: ExperimentConfig) -> str:

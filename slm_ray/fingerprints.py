@@ -1,0 +1,58 @@
+"""Hashes that decide what may be reused: run folders, sweep trials, retriever actors and caches.
+
+One neutral module, so that the run folder, the sweep planner, the retriever service and the index
+cache agree on how a config or a file is hashed without importing one another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+#: Model keys that change neither the answers nor how they are decoded (resources and batching;
+#: batch composition does not change greedy answers, and sampling is seeded per example order).
+MODEL_BOOKKEEPING_KEYS = frozenset({"batch_size", "cleanup_every", "device", "gpu_memory_utilization", "num_gpus"})
+#: Experiment keys that shape results.json from the answers (a change recomputes it, answers are kept).
+AGGREGATION_KEYS = ("seed", "bootstrap_resamples")
+
+
+def stable_hash(data: Any, length: int = 12) -> str:
+    """A short hex digest of JSON-able data, independent of dict order."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """sha256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a dumped ExperimentConfig that the answers depend on (bookkeeping removed).
+
+    The tracker and where files go do not change an answer; the model, its decoding, the prompt,
+    the mode, the dataset selection and (for retrieval) the retriever and corpus settings do.
+    """
+    data = json.loads(json.dumps(config, default=str))
+    data["model"] = {k: v for k, v in data["model"].items() if k not in MODEL_BOOKKEEPING_KEYS}
+    data.pop("tracker", None)
+    data.pop("experiment", None)  # seed and bootstrap_resamples shape results.json, not the answers
+    if data.get("experiment_mode") != "retriever_context":
+        data.pop("retriever", None)
+        data.pop("corpus", None)
+    return data
+
+
+def examples_digest(rows: Iterable[tuple[str, str, tuple[str, ...], tuple[Any, ...]]]) -> str:
+    """Hash of (id, question, answers, gold passages) of the examples a run answers, in order."""
+    digest = hashlib.sha256()
+    for example_id, question, answers, gold in rows:
+        digest.update(json.dumps([example_id, question, list(answers), [list(g) for g in gold]],
+                                 ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,585 @@
+"""The run folder, ``<output_dir>/<name>/``: its one owner. Everything that creates, locks, resumes,
+appends to, finishes or reads an experiment's folder goes through this module.
+
+A folder is written by one process at a time: ``RunFolder.open`` holds an exclusive lock
+(``.lock``, flock) for the whole run, and a second process is refused in one line naming the holder.
+The kernel drops the lock when its process dies, so a killed run's folder is taken over at once.
+
+Answers are tied to what they were computed from: ``inputs.json`` records the answer settings
+(model and decoding, prompt, mode, dataset selection, retriever), a digest of the examples used
+(ids, questions, answers, gold passages) and of the corpus. A resumed or repeated run with other
+inputs is refused, naming what changed; with ``experiment.replace=true`` the old folder is moved
+aside to ``<name>.replaced-<time>`` (nothing is ever deleted).
+
+Each process that generates answers adds a segment to ``segments.json`` (its time, counts and
+memory peaks, saved after every batch), and ``results.json`` aggregates the segments, so a resumed
+run reports the time and memory of all its work. A finished run stays finished: running it again
+reads its results and writes nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from slm_ray.errors import SlmRayError
+from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.results import Results
+
+log = logging.getLogger("slm_ray.run_folder")
+
+PREDICTIONS = "predictions.jsonl"
+RESULTS = "results.json"
+CONFIG = "config.json"
+INPUTS = "inputs.json"
+SEGMENTS = "segments.json"
+MEMORY = "memory_usage.json"
+LOG = "run.log"
+LOCK = ".lock"
+#: Marks a folder moved aside by ``experiment.replace=true``; such folders are not runs of a sweep.
+REPLACED_MARK = ".replaced-"
+#: Keys every prediction line has.
+PREDICTION_KEYS = ("id", "prediction", "metrics")
+
+
+class FolderInUse(SlmRayError):
+    """Another live process holds the folder's lock."""
+
+
+class InputsChanged(SlmRayError):
+    """The folder holds answers computed from other inputs than this run's."""
+
+
+class BadPredictions(SlmRayError):
+    """A line of predictions.jsonl that is neither valid nor a torn last line (file:line)."""
+
+
+class FolderUnusable(SlmRayError):
+    """The output folder cannot be created or written (a file in the way, read-only, full disk)."""
+
+
+# --- locking ---------------------------------------------------------------------------------------
+
+
+def _holder_text(lock_path: Path) -> str:
+    try:
+        holder = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _unusable(path: Path, exc: OSError) -> FolderUnusable:
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of a folder",
+               errno.EEXIST: "a file is in the way of a folder", errno.ENAMETOOLONG: "the path is too long"}
+    why = reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    return FolderUnusable(f"cannot write to {path}: {why} (choose another experiment.output_dir or free the space)")
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held from ``acquire`` to ``release`` by this process.
+
+    ``acquire`` creates the folder (and missing parents) and remembers which ones it created, so
+    that ``release(tidy=True)`` can remove exactly those, and only while they are empty: a refused
+    run leaves nothing behind and never touches another run's files.
+    """
+
+    def __init__(self, folder: Path, what: str = "run"):
+        self.folder = Path(folder)
+        self.what = what
+        self.created: list[Path] = []
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK
+
+    def acquire(self) -> "FolderLock":
+        for _ in range(100):  # retried only when the lock file was replaced under us
+            self._make_folders()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was tidied away meanwhile: make it again
+                continue
+            except OSError as exc:
+                raise _unusable(self.folder, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FolderInUse(f"{self.folder} is in use by {_holder_text(self.path)}: wait for that "
+                                  f"{self.what} to finish, or use another name") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder tidied its lock file away before we locked ours
+                os.close(fd)
+                continue
+            self._fd = fd
+            self._write_holder()
+            return self
+        raise FolderInUse(f"{self.folder}: could not take its lock")
+
+    def _make_folders(self) -> None:
+        missing = []
+        for folder in (self.folder, *self.folder.parents):
+            if folder.is_dir():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+                self.created.append(folder)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise FolderUnusable(f"cannot create {folder}: a file of that name is in the way "
+                                         "(choose another experiment.output_dir or name)") from None
+            except OSError as exc:
+                raise _unusable(folder, exc) from None
+
+    def _write_holder(self) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv[:1] + sys.argv[1:][:20])[:500]}
+        data = (json.dumps(holder) + "\n").encode("utf-8")
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+        except OSError as exc:
+            self.release()
+            raise _unusable(self.folder, exc) from None
+
+    def release(self, tidy: bool = False) -> None:
+        """Unlock; with ``tidy``, remove the lock file and the folders this lock created, if empty."""
+        if self._fd is None:
+            return
+        if tidy:
+            only_lock = self.folder.is_dir() and [p.name for p in self.folder.iterdir()] == [LOCK]
+            if only_lock:
+                self.path.unlink(missing_ok=True)  # before unlocking: a waiter then sees a new file
+                for folder in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty (another run's files) or gone: keep it
+                        break
+        os.close(self._fd)
+        self._fd = None
+
+
+# --- prediction lines ------------------------------------------------------------------------------
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The whole lines of a file (a torn last line, still being written, is left out)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line for line in text.split("\n")[:-1] if line.strip()]
+
+
+def prediction_problem(line: str) -> str | None:
+    """Why a line is not a prediction line, or None when it is one."""
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        return f"not valid JSON ({exc.__class__.__name__}: {str(exc).split(':')[0]})"
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    missing = [k for k in PREDICTION_KEYS if k not in row]
+    if missing:
+        return f"no {missing[0]!r} key"
+    if not isinstance(row["id"], str) or not isinstance(row["prediction"], str) or not isinstance(row["metrics"], dict):
+        return "'id' and 'prediction' must be strings and 'metrics' an object"
+    return None
+
+
+def parse_predictions(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, problems): every valid line of ``path`` and one ``file:line: ...`` per bad one.
+
+    The last line is forgiven when it does not end in a newline (a crash mid-write tore it);
+    a second line for the same example is a problem too.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], []
+    except UnicodeDecodeError as exc:
+        return [], [f"{path}: not valid UTF-8 (byte {exc.start})"]
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        problem = prediction_problem(line)
+        if problem is None:
+            row = json.loads(line)
+            if row["id"] in first_line:
+                problem = f"example {row['id']!r} again (first on line {first_line[row['id']]})"
+            else:
+                first_line[row["id"]] = number
+                rows.append(row)
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+    if torn.strip() and prediction_problem(torn) is None and json.loads(torn)["id"] not in first_line:
+        log.info("%s: its last line has no newline (a write was cut); it will be rewritten", path)
+    return rows, problems
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The prediction rows of ``path``; a torn last line is dropped, any other bad line refused."""
+    rows, problems = parse_predictions(path)
+    if problems:
+        extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BadPredictions(f"{problems[0]}{extra}: fix or remove that line (nothing was regenerated)")
+    return rows
+
+
+def prediction_ids(lines: Iterable[str]) -> list[str]:
+    """The example ids of prediction lines, in order (lines that are not predictions are left out)."""
+    ids = []
+    for line in lines:
+        if prediction_problem(line) is None:
+            ids.append(json.loads(line)["id"])
+    return ids
+
+
+def unseen_lines(lines: Iterable[str], known: set[str]) -> list[str]:
+    """The valid prediction lines whose example is not in ``known``, each once (``known`` gains them)."""
+    fresh = []
+    for line in lines:
+        if prediction_problem(line) is not None:
+            continue
+        example_id = json.loads(line)["id"]
+        if example_id not in known:
+            known.add(example_id)
+            fresh.append(line)
+    return fresh
+
+
+def append_prediction_lines(path: Path, lines: list[str], known: set[str] | None = None) -> set[str]:
+    """Append the valid lines of examples not yet in ``path`` (a mirror of a remote worker's file).
+    ``known``: the ids already in the file, when the caller keeps them; returns the updated set."""
+    if known is None:
+        known = set(prediction_ids(complete_lines(path)))
+    fresh = unseen_lines(lines, known)
+    if fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in fresh))
+    return known
+
+
+# --- inputs: what answers depend on ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The resume key: answer settings, examples digest, corpus digest; and the aggregation settings
+    (seed, bootstrap resamples), which only shape results.json."""
+
+    settings: dict[str, Any]
+    n_examples: int
+    examples: str
+    corpus: str | None
+    aggregation: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "settings": self.settings, "n_examples": self.n_examples, "examples": self.examples,
+                "corpus": self.corpus, "aggregation": self.aggregation}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Inputs":
+        return cls(data["settings"], int(data["n_examples"]), str(data["examples"]), data.get("corpus"),
+                   dict(data.get("aggregation") or {}))
+
+    def changes_from(self, old: "Inputs") -> list[str]:
+        """What differs from ``old``, in words (empty when the same answers hold)."""
+        changes = [f"{key}: {before!r} -> {after!r}" for key, before, after in _diff(old.settings, self.settings)]
+        if old.examples != self.examples:
+            changes.append(f"the examples (ids, questions, answers or gold passages; {old.n_examples} before, "
+                           f"{self.n_examples} now) are not the ones answered: was the data file edited?")
+        if old.corpus != self.corpus:
+            changes.append("the retrieval corpus content changed")
+        return changes
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def run_inputs(cfg: Any, examples: list[Any]) -> Inputs:
+    """The inputs of a run of ``cfg`` over ``examples`` (the corpus is hashed for retrieval only)."""
+    from slm_ray.fingerprints import AGGREGATION_KEYS, answer_settings, examples_digest
+
+    digest = examples_digest((e.id, e.question, e.answers, tuple((p.id, p.title, p.text) for p in e.gold_passages))
+                             for e in examples)
+    corpus = None
+    if cfg.experiment_mode == "retriever_context":
+        corpus = corpus_source_digest(cfg.corpus, cfg.experiment.cache_dir)
+    aggregation = {k: getattr(cfg.experiment, k) for k in AGGREGATION_KEYS}
+    return Inputs(answer_settings(cfg.model_dump(by_alias=True)), len(examples), digest, corpus, aggregation)
+
+
+def corpus_source_digest(corpus_cfg: Any, cache_dir: str) -> str:
+    """A digest of the corpus file(s) as they are now (an s3:// object: its cached version)."""
+    from slm_ray.fingerprints import file_digest, stable_hash
+
+    if corpus_cfg.path == "builtin":
+        from slm_ray.data.builtin import NQ_OPEN_ORACLE, WIKI_DISTRACTORS
+
+        files = [NQ_OPEN_ORACLE, WIKI_DISTRACTORS]
+    else:
+        from slm_ray.data.storage import resolve_path
+
+        files = [resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets")]
+    return stable_hash([file_digest(f) for f in files], 16)
+
+
+# --- the folder --------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class RunFolder:
+    """One experiment's folder: read it freely; write it only through ``open`` (locked)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- reading (no lock) -----------------------------------------------------------------------
+
+    def results(self) -> Results | None:
+        """results.json, typed; None when missing or unreadable."""
+        data = _read_json(self.file(RESULTS))
+        if not isinstance(data, dict):
+            return None
+        try:
+            return Results.model_validate(data)
+        except ValueError:
+            return None
+
+    def raw_results(self) -> dict[str, Any] | None:
+        data = _read_json(self.file(RESULTS))
+        return data if isinstance(data, dict) else None
+
+    def config(self) -> dict[str, Any] | None:
+        data = _read_json(self.file(CONFIG))
+        return data if isinstance(data, dict) else None
+
+    def inputs(self) -> Inputs | None:
+        data = _read_json(self.file(INPUTS))
+        try:
+            return Inputs.from_json(data) if isinstance(data, dict) else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def memory(self) -> dict[str, Any] | None:
+        data = _read_json(self.file(MEMORY))
+        return data if isinstance(data, dict) else None
+
+    def segments(self) -> list[dict[str, Any]]:
+        data = _read_json(self.file(SEGMENTS))
+        return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
+
+    def predictions(self) -> list[dict[str, Any]]:
+        return read_predictions(self.file(PREDICTIONS))
+
+    def count_predictions(self) -> int:
+        """Prediction lines written so far (lenient: for progress and summaries of unfinished runs)."""
+        return len(prediction_ids(complete_lines(self.file(PREDICTIONS))))
+
+    def has_answers(self) -> bool:
+        return self.file(PREDICTIONS).is_file() and self.file(PREDICTIONS).stat().st_size > 0
+
+    def state(self, inputs: Inputs, replace: bool = False) -> str:
+        """``complete``, ``partial`` or ``new`` for a run with ``inputs``; InputsChanged when the folder
+        holds answers from other inputs (unless ``replace``: then ``new``, the folder will move aside)."""
+        changes = self._changes(inputs)
+        if changes:
+            if replace:
+                return "new"
+            raise InputsChanged(self._changed_message(changes))
+        if self.has_answers() and self.results() is not None and self.inputs() == inputs:
+            return "complete"
+        return "partial" if self.has_answers() else "new"
+
+    def _changes(self, inputs: Inputs) -> list[str]:
+        if not self.has_answers():
+            return []
+        old = self.inputs()
+        if old is None:
+            return [f"{self.path} holds answers without {INPUTS} (written by an older version or by hand)"]
+        return inputs.changes_from(old)
+
+    def _changed_message(self, changes: list[str]) -> str:
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        return (f"{self.path} holds answers for other inputs: {changes[0]}{more}. Use another experiment.name, "
+                "or add experiment.replace=true to move the old folder aside and start over")
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def open(self, inputs: Inputs, config: dict[str, Any], replace: bool = False) -> "RunSession":
+        """Lock the folder (creating it) and check that its answers belong to ``inputs``."""
+        lock = FolderLock(self.path, "run").acquire()
+        try:
+            changes = self._changes(inputs)
+            if changes and not replace:
+                raise InputsChanged(self._changed_message(changes))
+            if changes:
+                aside = self._move_aside(lock)
+                lock = FolderLock(self.path, "run").acquire()
+                log.warning("inputs changed (%s); the old answers were moved to %s", changes[0], aside)
+            return RunSession(self, lock, inputs, config)
+        except BaseException:
+            lock.release(tidy=True)
+            raise
+
+    def _move_aside(self, lock: FolderLock) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}{REPLACED_MARK}{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}{REPLACED_MARK}{stamp}-{n}")
+        os.rename(self.path, aside)  # our lock moves with it, so no one writes into the old folder
+        lock.release()
+        return aside
+
+
+class RunSession:
+    """A locked run folder being written: answers so far, appends, segments, the final files."""
+
+    def __init__(self, folder: RunFolder, lock: FolderLock, inputs: Inputs, config: dict[str, Any]):
+        self.folder = folder
+        self.lock = lock
+        self.inputs = inputs
+        self.config = config
+        self.wrote: list[str] = []
+        self.closed = False
+        rows = folder.predictions()
+        self.done: dict[str, dict[str, Any]] = {r["id"]: r for r in rows}
+        self.previous_segments = folder.segments()
+        self.segment: dict[str, Any] | None = None
+        self.complete = (bool(rows) and folder.results() is not None and folder.inputs() == inputs)
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    def check_examples(self, examples: list[Any]) -> None:
+        """Every stored answer is for an example of this run, with the same question and answers."""
+        by_id = {e.id: e for e in examples}
+        for row in self.done.values():
+            example = by_id.get(row["id"])
+            if example is None or row.get("question") != example.question or list(row.get("answers") or []) != list(example.answers):
+                raise InputsChanged(self.folder._changed_message(
+                    [f"the stored answer for example {row['id']!r} is for another question or answers"]))
+
+    def start(self) -> None:
+        """Write config.json and inputs.json and clean a torn last line: the run now owns files here."""
+        try:
+            for name, data in ((CONFIG, self.config), (INPUTS, self.inputs.to_json())):
+                self.wrote.append(name)
+                atomic_write_json(self.folder.file(name), data)
+            self._rewrite_clean()
+        except OSError as exc:
+            raise _unusable(self.path, exc) from None
+
+    def _rewrite_clean(self) -> None:
+        path = self.folder.file(PREDICTIONS)
+        if path.is_file():
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.done.values())
+            if path.read_text(encoding="utf-8") != text:
+                atomic_write_text(path, text)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Append whole lines in one write and flush (a crash leaves at most a torn last line)."""
+        try:
+            with open(self.folder.file(PREDICTIONS), "a", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                handle.flush()
+        except OSError as exc:
+            raise _unusable(self.path, exc) from None
+        for row in rows:
+            self.done[row["id"]] = row
+
+    def save_segment(self, segment: dict[str, Any]) -> None:
+        """This process's segment (time, counts, memory peaks so far), kept after every batch."""
+        self.segment = segment
+        try:
+            atomic_write_json(self.folder.file(SEGMENTS), [*self.previous_segments, segment])
+        except OSError as exc:
+            raise _unusable(self.path, exc) from None
+
+    def all_segments(self) -> list[dict[str, Any]]:
+        return [*self.previous_segments, *([self.segment] if self.segment else [])]
+
+    def finish(self, results: dict[str, Any], memory: dict[str, Any]) -> None:
+        """Write memory_usage.json then results.json (the mark of a finished run)."""
+        try:
+            atomic_write_json(self.folder.file(MEMORY), memory)
+            atomic_write_json(self.folder.file(RESULTS), Results.model_validate(results).model_dump())
+        except OSError as exc:
+            raise _unusable(self.path, exc) from None
+
+    def close(self, discard: bool = False) -> None:
+        """Unlock. A session that wrote nothing removes the folders it created (if still empty); with
+        ``discard`` (a refused run) it first removes the files it wrote, if it created the folder and
+        no answer is in it: never a file of another run."""
+        if self.closed:
+            return
+        self.closed = True
+        if discard and self.path in self.lock.created and not self.folder.has_answers():
+            for name in (*self.wrote, LOG, SEGMENTS):
+                self.folder.file(name).unlink(missing_ok=True)
+            self.wrote = []
+        self.lock.release(tidy=not self.wrote)
+
+
+def aggregate_segments(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """Time summed and memory peaks as maxima over the segments of a run."""
+    totals = {"generation_seconds": 0.0, "generated_examples": 0, "generated_tokens": 0, "retrieval_seconds": 0.0}
+    memory: dict[str, dict[str, float]] = {}
+    for segment in segments:
+        for key in totals:
+            totals[key] += segment.get(key) or 0
+        for component, peaks in (segment.get("memory") or {}).items():
+            merged = memory.setdefault(component, {})
+            for key, value in (peaks or {}).items():
+                if isinstance(value, (int, float)):
+                    merged[key] = max(merged.get(key, value), value)
+    return {**totals, "memory": memory, "segments": len(segments)}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
