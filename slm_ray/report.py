@@ -86,14 +86,15 @@ def _same(a: Any, b: Any) -> bool:
 def verify(folder: str | Path) -> tuple[int, list[str]]:
     """(trials checked, differences found) for a sweep folder or one experiment folder."""
     from slm_ray.errors import SlmRayError
+    from slm_ray.run_folder import REPLACED_MARK, RESULTS
 
     folder = Path(folder)
-    if (folder / "results.json").is_file():
+    if (folder / RESULTS).is_file():
         trials = {folder.name: folder}
         sweep = False
     elif (folder / "trials").is_dir():
         trials = {p.name: p for p in sorted((folder / "trials").iterdir())
-                  if p.is_dir() and (p / "results.json").is_file()}
+                  if p.is_dir() and (p / RESULTS).is_file() and REPLACED_MARK not in p.name}
         sweep = True
     else:
         raise SlmRayError(f"{folder} holds neither results.json nor trials/: nothing to verify")
@@ -114,33 +115,27 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     from slm_ray.config import ExperimentConfig
     from slm_ray.errors import SlmRayError
     from slm_ray.evaluation.metrics import aggregate, score_example
-    from slm_ray.experiment import PREDICTIONS
+    from slm_ray.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, parse_predictions
 
-    try:
-        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
-        raw_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SlmRayError(f"unreadable results.json or config.json: {exc}") from None
+    run = RunFolder(path)
+    results, raw_config = run.raw_results(), run.config()
+    if results is None or raw_config is None:
+        raise SlmRayError(f"unreadable or missing {RESULTS} or {CONFIG} in {path}")
     experiment = raw_config.get("experiment") or {}
     resamples = int(experiment.get("bootstrap_resamples", 1000))
     seed = int(experiment.get("seed", 0))
-    rows: list[dict[str, Any]] = []
-    text = (path / PREDICTIONS).read_text(encoding="utf-8") if (path / PREDICTIONS).is_file() else ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            problems.append(f"{name}: {PREDICTIONS} line {number} is not valid JSON")
-    seen: dict[str, int] = {}
-    for row in rows:
-        seen[row.get("id")] = seen.get(row.get("id"), 0) + 1
-    for example_id, count in seen.items():
-        if count > 1:
-            problems.append(f"{name}: example {example_id!r} has {count} prediction lines (expected 1)")
-    unique = {row.get("id"): row for row in rows}
-    order = _dataset_order(raw_config)
+    rows, bad_lines = parse_predictions(path / PREDICTIONS)
+    problems.extend(f"{name}: {line}" for line in bad_lines)
+    unique = {row["id"]: row for row in rows}
+    examples = _dataset_examples(raw_config)
+    order = None if examples is None else [e.id for e in examples]
+    if examples is not None:
+        for example in examples:
+            row = unique.get(example.id)
+            if row is not None and (row.get("question") != example.question
+                                    or list(row.get("answers") or []) != list(example.answers)):
+                problems.append(f"{name}: example {example.id!r}: the dataset's question or answers differ from "
+                                "the ones answered (was the data file edited after the run?)")
     if order is not None:
         missing = [i for i in order if i not in unique]
         extra = [i for i in unique if i not in set(order)]
@@ -180,35 +175,24 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     return {"n_examples": len(ordered), "metrics": metrics}
 
 
-def _dataset_order(raw_config: dict[str, Any]) -> list[str] | None:
-    """The example ids of the trial's dataset in its order (None when the dataset cannot be read here)."""
+def _dataset_examples(raw_config: dict[str, Any]) -> list[Any] | None:
+    """The examples of the trial's dataset in its order (None when the dataset cannot be read here)."""
     from slm_ray.config import ExperimentConfig
     from slm_ray.experiment import build_dataset
 
     try:
-        cfg = ExperimentConfig.model_validate(raw_config)
-        return [e.id for e in build_dataset(cfg)]
+        return build_dataset(ExperimentConfig.model_validate(raw_config))
     except Exception as exc:  # masked secrets, a dataset on another machine: fall back to the file
         print(f"note: dataset not readable here ({type(exc).__name__}); checking predictions as written",
               file=sys.stderr)
         return None
 
 
-def _summary_columns(recomputed: dict[str, Any]) -> dict[str, Any]:
-    from slm_ray.sweeps.summary import METRICS
-
-    metrics = recomputed["metrics"]
-    values: dict[str, Any] = {"n_examples": recomputed["n_examples"]}
-    for metric in METRICS:
-        values[metric] = (metrics.get(metric) or {}).get("mean")
-    tr = metrics.get("token_recall") or {}
-    values["token_recall_ci_low"] = tr.get("ci_low")
-    values["token_recall_ci_high"] = tr.get("ci_high")
-    return values
-
-
 def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problems: list[str]) -> None:
-    """summary.json and summary.csv agree with the recomputed metrics (where they exist)."""
+    """summary.json and summary.csv agree with the recomputed metrics (where they exist); every trial
+    they list has its folder and results, and none failed or is unfinished."""
+    from slm_ray.results import flat_metrics
+
     sources: dict[str, dict[str, dict[str, Any]]] = {}
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -220,13 +204,23 @@ def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problem
             sources["summary.csv"] = {r["trial"]: r for r in csv.DictReader(handle)}
     except (OSError, KeyError):
         pass
+    for name, row in (sources.get("summary.json") or {}).items():
+        status = row.get("status")
+        if status == "failed":
+            problems.append(f"{name}: the trial failed: {row.get('error')}")
+        elif status != "ok":
+            problems.append(f"{name}: the trial is not finished ({status}): run the sweep again to complete it")
+        elif name not in recomputed:
+            trial = folder / "trials" / name
+            why = "its folder is missing" if not trial.is_dir() else "its results.json is missing"
+            problems.append(f"{name}: listed in summary.json as ok, but {why} ({trial})")
     for source, rows in sources.items():
         for name, values in recomputed.items():
             row = rows.get(name)
             if row is None:
                 problems.append(f"{name}: missing from {source}")
                 continue
-            for column, value in _summary_columns(values).items():
+            for column, value in flat_metrics(values["n_examples"], values["metrics"]).items():
                 stored = row.get(column)
                 if source == "summary.csv":
                     stored = None if stored in (None, "") else float(stored)

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,7 +80,7 @@ def _holder_text(lock_path: Path) -> str:
 def _unusable(path: Path, exc: OSError) -> FolderUnusable:
     reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of a folder",
+               errno.EPERM: "permission denied", errno.EFBIG: "the file size limit is reached", errno.ENOTDIR: "a file is in the way of a folder",
                errno.EEXIST: "a file is in the way of a folder", errno.ENAMETOOLONG: "the path is too long"}
     why = reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     return FolderUnusable(f"cannot write to {path}: {why} (choose another experiment.output_dir or free the space)")
@@ -151,8 +150,7 @@ class FolderLock:
 
     def _write_holder(self) -> None:
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join(sys.argv[:1] + sys.argv[1:][:20])[:500]}
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         data = (json.dumps(holder) + "\n").encode("utf-8")
         assert self._fd is not None
         try:
@@ -443,8 +441,8 @@ class RunFolder:
 
     def _changed_message(self, changes: list[str]) -> str:
         more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
-        return (f"{self.path} holds answers for other inputs: {changes[0]}{more}. Use another experiment.name, "
-                "or add experiment.replace=true to move the old folder aside and start over")
+        return (f"{self.path} holds answers for other inputs: {changes[0]}{more}; add experiment.replace=true "
+                "to move that folder aside and start over, or use another name")
 
     # -- writing ------------------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def test_verify_recomputes_every_metric_and_fails_loudly(make_config, small_corp
     lines = predictions_text.splitlines()
     predictions_path.write_text("\n".join([*lines, lines[3]]) + "\n")
     code, text = _verify(out, capsys)
-    assert code == 1 and "2 prediction lines" in text
+    assert code == 1 and f"{PREDICTIONS}:{len(lines) + 1}: example" in text and "again (first on line 4)" in text
 
     # a missing prediction line
     predictions_path.write_text("\n".join(lines[1:]) + "\n")

@@ -174,7 +174,7 @@ grid:
 
     # the same trial name with another config is refused before anything runs
     changed = load_sweep(sweep, ["dataset.limit=3"])
-    with pytest.raises(SweepError, match="holds a run with a different config"):
+    with pytest.raises(SweepError, match="holds answers for other inputs: dataset.limit: 4 -> 3"):
         trial_state(changed.trials[0], tmp_path)
 
     summary = write_summary(sweep_dir)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import time
@@ -29,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.retrieval.service import RetrieverClient, enter_project_dir
+from slm_ray.run_folder import (CONFIG, INPUTS, LOG, MEMORY, PREDICTIONS, RESULTS, SEGMENTS, complete_lines,
+                                prediction_ids, unseen_lines)
 
 log = logging.getLogger("slm_ray.sweeps")
 
 #: Small files of a trial folder copied back to the driver's disk when a worker's node has its own.
-TRIAL_FILES = ("results.json", "memory_usage.json", "config.json", "run.log")
+TRIAL_FILES = (RESULTS, MEMORY, CONFIG, INPUTS, SEGMENTS, LOG)
 RUN_MARKER = ".run_id"
 
 
@@ -55,40 +56,6 @@ def same_run_dir(sweep_dir: str, run_id: str) -> bool:
         return (Path(sweep_dir) / RUN_MARKER).read_text().strip() == run_id
     except OSError:
         return False
-
-
-def complete_lines(path: Path) -> list[str]:
-    """The whole lines of a file (a torn last line, still being written, is left out)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    lines = text.split("\n")
-    return [line for line in lines[:-1] if line.strip()]
-
-
-def _example_id(line: str) -> Any:
-    """The example id of a prediction line, or None for a line that is not one."""
-    try:
-        return json.loads(line)["id"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def example_ids(lines: list[str]) -> set[Any]:
-    """The example ids of prediction lines (lines that are not predictions are left out)."""
-    return {i for i in map(_example_id, lines) if i is not None}
-
-
-def unseen_lines(lines: list[str], known: set[Any]) -> list[str]:
-    """The prediction lines whose example is not in ``known``, each example once (``known`` gains them)."""
-    fresh = []
-    for line in lines:
-        example_id = _example_id(line)
-        if example_id is not None and example_id not in known:
-            known.add(example_id)
-            fresh.append(line)
-    return fresh
 
 
 class GeneratorWorker:
@@ -149,7 +116,7 @@ class GeneratorWorker:
         import ray
 
         from slm_ray.config import validate_config
-        from slm_ray.experiment import PREDICTIONS, output_dir, run_experiment
+        from slm_ray.experiment import output_dir, run_experiment
 
         started = time.time()
         cfg = validate_config(payload["config"])
@@ -187,17 +154,18 @@ class GeneratorWorker:
 
 
 def _merge_seed(out: Path, seed: dict[str, str]) -> None:
-    """Before resuming on a node with its own disk: add the driver's copy of the trial's predictions."""
-    from slm_ray.experiment import PREDICTIONS
+    """Before resuming on a node with its own disk: add the driver's copy of the trial's predictions
+    (with the inputs and segments they belong to, which run_experiment then checks as usual)."""
     from slm_ray.io import atomic_write_text
 
     if not seed:
         return
     out.mkdir(parents=True, exist_ok=True)
-    if seed.get("config.json") and not (out / "config.json").is_file():
-        atomic_write_text(out / "config.json", seed["config.json"])
+    for name in (CONFIG, INPUTS, SEGMENTS):
+        if seed.get(name) and not (out / name).is_file():
+            atomic_write_text(out / name, seed[name])
     lines = complete_lines(out / PREDICTIONS)
-    extra = unseen_lines((seed.get(PREDICTIONS) or "").splitlines(), example_ids(lines))
+    extra = unseen_lines((seed.get(PREDICTIONS) or "").splitlines(), set(prediction_ids(lines)))
     if extra:
         atomic_write_text(out / PREDICTIONS, "".join(line + "\n" for line in [*lines, *extra]))
 

@@ -56,27 +56,34 @@ def trial_dir(trial: Trial, base: Path) -> Path:
     return (base / trial.config.experiment.output_dir / trial.name).resolve()
 
 
-def trial_state(trial: Trial, base: Path) -> str:
-    """``complete`` (results.json for this config), ``partial`` (predictions to resume) or ``new``.
+def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None) -> str:
+    """``complete`` (its folder holds results for these very inputs), ``partial`` (answers to resume)
+    or ``new``. A folder holding answers for other inputs (the sweep file, the overrides or the data
+    changed) is refused before anything runs, unless ``experiment.replace=true``.
 
-    A folder holding another config under the same trial name is refused before anything runs.
+    ``datasets`` memoises loaded examples by dataset config across the trials of a sweep. A dataset
+    the driver cannot read leaves the decision to the trial (it fails alone, with that error).
     """
-    from slm_ray.config import ExperimentConfig
-    from slm_ray.experiment import PREDICTIONS, config_fingerprint
+    from slm_ray.errors import SlmRayError
+    from slm_ray.experiment import build_dataset
+    from slm_ray.fingerprints import stable_hash
+    from slm_ray.run_folder import InputsChanged, RunFolder, run_inputs
 
-    folder = trial_dir(trial, base)
-    saved = folder / "config.json"
-    if saved.is_file():
-        try:
-            previous = config_fingerprint(ExperimentConfig.model_validate(json.loads(saved.read_text())))
-        except Exception:  # unreadable: run_experiment decides
-            previous = None
-        if previous is not None and previous != config_fingerprint(trial.config):
-            raise SweepError(f"trial {trial.name}: {folder} holds a run with a different config (the sweep "
-                             "file or the overrides changed); pass --name <new name> or delete that folder")
-        if (folder / "results.json").is_file():
-            return "complete"
-    return "partial" if (folder / PREDICTIONS).is_file() else "new"
+    cfg = trial.config
+    folder = RunFolder(trial_dir(trial, base))
+    datasets = {} if datasets is None else datasets
+    key = stable_hash([cfg.dataset.model_dump(by_alias=True), cfg.experiment.cache_dir])
+    try:
+        if key not in datasets:
+            datasets[key] = build_dataset(cfg)
+        inputs = run_inputs(cfg, datasets[key])
+    except SlmRayError as exc:
+        log.warning("trial %s: %s", trial.name, exc)
+        return "partial" if folder.has_answers() else "new"
+    try:
+        return folder.state(inputs, replace=cfg.experiment.replace)
+    except InputsChanged as exc:
+        raise SweepError(f"trial {trial.name}: {exc} (a new sweep folder: --name NAME)") from None
 
 
 def now_iso() -> str:
@@ -141,7 +148,7 @@ def _run_on_worker(spec: dict[str, Any], ctx: dict[str, Any], head: Path, pool: 
     import ray
     from ray import tune
 
-    from slm_ray.experiment import PREDICTIONS
+    from slm_ray.run_folder import PREDICTIONS, append_prediction_lines
 
     payload = {**spec, "run_id": ctx["run_id"], "seed": {}}
     if not ray.get(worker.sees_driver_disk.remote(spec["sweep_dir"], ctx["run_id"])):
@@ -152,8 +159,8 @@ def _run_on_worker(spec: dict[str, Any], ctx: dict[str, Any], head: Path, pool: 
     while True:
         ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
         values, lines = ray.get(pool.pull.remote(spec["name"]))
-        if lines:
-            head_ids = _append_new_predictions(head / PREDICTIONS, lines, head_ids)
+        if lines:  # the driver's mirror of a remote worker's file, each example once
+            head_ids = append_prediction_lines(head / PREDICTIONS, lines, head_ids)
         if values and values != last:
             last = values
             tune.report({**values, "status": "running", "actor": worker_name})
@@ -163,38 +170,25 @@ def _run_on_worker(spec: dict[str, Any], ctx: dict[str, Any], head: Path, pool: 
 
 
 def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """The flat numbers Tune keeps for a finished trial."""
-    metrics: dict[str, Any] = {"examples_done": results.get("n_examples")}
-    for key, value in results.get("metrics", {}).items():
-        metrics[key] = value["mean"]
-        metrics[f"{key}_ci_low"] = value["ci_low"]
-        metrics[f"{key}_ci_high"] = value["ci_high"]
-    throughput = results.get("throughput") or {}
-    metrics["examples_per_second"] = throughput.get("examples_per_second")
-    metrics["peak_rss_mb"] = ((results.get("memory") or {}).get("model") or {}).get("peak_rss_mb")
+    """The flat numbers Tune keeps for a finished trial (every metric with its interval)."""
+    from slm_ray.results import Results
+
+    typed = Results.model_validate(results)
+    metrics: dict[str, Any] = {"examples_done": typed.n_examples}
+    for key, value in typed.metrics.items():
+        metrics.update({key: value.mean, f"{key}_ci_low": value.ci_low, f"{key}_ci_high": value.ci_high})
+    flat = typed.flat()
+    metrics["examples_per_second"] = flat["examples_per_second"]
+    metrics["peak_rss_mb"] = flat["model_peak_rss_mb"]
     return metrics
 
 
 def _seed_files(head: Path) -> dict[str, str]:
     """The driver's copy of an interrupted trial, for a worker whose node has its own disk."""
-    from slm_ray.experiment import PREDICTIONS
+    from slm_ray.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS
 
-    return {name: (head / name).read_text(encoding="utf-8") for name in ("config.json", PREDICTIONS)
+    return {name: (head / name).read_text(encoding="utf-8") for name in (CONFIG, INPUTS, SEGMENTS, PREDICTIONS)
             if (head / name).is_file()}
-
-
-def _append_new_predictions(path: Path, lines: list[str], known: set[str] | None) -> set[str]:
-    """Mirror prediction lines streamed from a remote worker, each example once."""
-    from slm_ray.sweeps.actors import complete_lines, example_ids, unseen_lines
-
-    if known is None:
-        known = example_ids(complete_lines(path))
-    fresh = unseen_lines(lines, known)
-    if fresh:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in fresh))
-    return known
 
 
 def _write_record(head: Path, record: dict[str, Any]) -> None:
@@ -279,9 +273,23 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the generator and retriever actors.
     """
+    from slm_ray.run_folder import FolderLock
+
     base = Path.cwd()
     sweep_abs = (base / plan.sweep_dir).resolve()
-    states = {t.name: trial_state(t, base) for t in plan.trials}
+    lock = FolderLock(sweep_abs, "sweep").acquire()  # one driver per sweep folder, for its whole run
+    try:
+        return _run_sweep_locked(plan, base, sweep_abs, address, verbose, worker_env, echo, dashboard)
+    finally:
+        lock.release(tidy=True)  # removes the folder only if this sweep created it and wrote nothing
+
+
+def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str | None, verbose: int,
+                      worker_env: dict[str, str] | None, echo: Callable[[str], None],
+                      dashboard: bool | None) -> dict[str, Any]:
+    datasets: dict[str, Any] = {}
+    states = {t.name: trial_state(t, base, datasets) for t in plan.trials}
+    del datasets
     pending = [t for t in plan.trials if states[t.name] != "complete"]
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 

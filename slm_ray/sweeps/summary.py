@@ -18,10 +18,11 @@ from typing import Any
 
 from slm_ray.config import EXPERIMENT_MODES
 from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.results import METRICS, peak_gpu
+from slm_ray.run_folder import REPLACED_MARK, RESULTS, RunFolder
 
 log = logging.getLogger("slm_ray.sweep")
 
-METRICS = ("token_recall", "exact_match", "f1", "match", "retrieval_recall")
 COLUMNS = (
     "trial", "model", "dataset", "mode", "retriever", "k", "n_examples",
     "token_recall", "token_recall_ci_low", "token_recall_ci_high", "exact_match", "f1", "match",
@@ -39,14 +40,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return sum(1 for line in handle if line.strip())
-    except OSError:
-        return 0
 
 
 def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -71,7 +64,8 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     names = list(planned)
     if trials_dir.is_dir():
         names += sorted(p.name for p in trials_dir.iterdir() if p.is_dir() and p.name not in planned
-                        and ((p / "results.json").is_file() or (p / "trial.json").is_file()))
+                        and REPLACED_MARK not in p.name
+                        and ((p / RESULTS).is_file() or (p / "trial.json").is_file()))
     rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
     models: dict[Any, int] = {}
     datasets: dict[Any, int] = {}
@@ -84,49 +78,29 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    results = _read_json(folder / "results.json")
+    run = RunFolder(folder)
+    results = run.results()
     record = _read_json(folder / "trial.json") or {}
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(trial=name, model=planned.get("model"), dataset=planned.get("dataset"),
                mode=planned.get("experiment_mode"), retriever=planned.get("retriever"), k=planned.get("k"),
                node_id=record.get("node_id"), actor=record.get("actor"),
                model_loaded_in_trial=record.get("model_loaded_now"))
-    if results:
-        metrics = results.get("metrics") or {}
-        throughput = results.get("throughput") or {}
-        memory = results.get("memory") or {}
-        model_memory = memory.get("model") or {}
-        retriever_info = results.get("retriever_info") or {}
+    if results is not None:
+        retriever_info = results.retriever_info or {}
         retriever_memory = (shared_memory.get(retriever_info.get("index_key"))
-                            or retriever_info.get("memory") or memory.get("retriever") or {})
-        row.update(model=results.get("model"), dataset=results.get("dataset"), mode=results.get("experiment_mode"),
-                   retriever=results.get("retriever"), k=results.get("k"), n_examples=results.get("n_examples"),
-                   examples_per_second=throughput.get("examples_per_second"),
-                   tokens_per_second=throughput.get("tokens_per_second"),
-                   model_load_seconds=throughput.get("model_load_seconds"),
-                   model_peak_rss_mb=model_memory.get("peak_rss_mb"),
-                   model_peak_gpu_mb=_gpu(model_memory),
+                            or retriever_info.get("memory") or results.memory.get("retriever") or {})
+        row.update(results.flat())
+        row.update(model=results.model, dataset=results.dataset, mode=results.experiment_mode,
+                   retriever=results.retriever, k=results.k,
                    retriever_peak_rss_mb=retriever_memory.get("peak_rss_mb"),
-                   retriever_peak_gpu_mb=_gpu(retriever_memory),
-                   status="ok", error=None)
-        for metric in METRICS:
-            if metric in metrics:
-                row[metric] = metrics[metric]["mean"]
-        if "token_recall" in metrics:
-            row["token_recall_ci_low"] = metrics["token_recall"]["ci_low"]
-            row["token_recall_ci_high"] = metrics["token_recall"]["ci_high"]
+                   retriever_peak_gpu_mb=peak_gpu(retriever_memory), status="ok", error=None)
     elif record.get("status") == "failed":
         row.update(status="failed", error=record.get("error"))
     else:
-        done = _count_lines(folder / "predictions.jsonl")
+        done = run.count_predictions()
         row.update(status=f"incomplete ({done} predictions)" if done else "pending", n_examples=done or None)
     return row
-
-
-def _gpu(memory: dict[str, Any]) -> float | None:
-    values = [memory.get(k) for k in ("peak_gpu_mb", "torch_peak_reserved_mb", "torch_peak_allocated_mb")]
-    known = [v for v in values if v is not None]
-    return max(known) if known else None
 
 
 def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
