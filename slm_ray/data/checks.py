@@ -82,6 +82,8 @@ def _refuse(where: str, name: str, problem: str, expected: str) -> DataError:
 
 def text_value(where: str, name: str, value: Any, expected: str = TEXT_EXPECTED) -> str:
     """A required string with something in it (kept as written, not stripped)."""
+    if type(value) is str and value.strip():  # the common case first: this runs for every row
+        return value
     value = _plain(value)
     if value is MISSING:
         raise _refuse(where, name, "is missing", expected)
@@ -99,6 +101,8 @@ def text(row: Row, column: str, role: str | None = None) -> str:
 
 def optional_text_value(where: str, name: str, value: Any) -> str:
     """A string that may be absent, null or blank (all read as ``""``); a number is written out."""
+    if type(value) is str:
+        return value
     value = _plain(value)
     if value is MISSING or _is_null(value):
         return ""
@@ -133,7 +137,12 @@ def identifier(row: Row, column: str, role: str | None = None) -> str:
 
 def answers(row: Row, column: str, role: str | None = None) -> tuple[str, ...]:
     """The gold answers of a row, by the rules in this module's docstring."""
-    found = _answers_or_problem(_plain(field(row, column)))
+    value = field(row, column)
+    if type(value) is list and all(type(a) is str for a in value):  # the common case first
+        found: tuple[str, ...] | str = tuple(a for a in value if a.strip())
+        if found:
+            return found
+    found = _answers_or_problem(_plain(value))
     if isinstance(found, str):
         raise _refuse(row.where, label(column, role), found, ANSWERS_EXPECTED)
     return found

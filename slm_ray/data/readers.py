@@ -4,8 +4,10 @@ Every row carries where it came from (``qa.jsonl:7``, ``qa.csv:12`` with the hea
 ``qa.parquet: row 3``) under the name the user gave: the path as typed, or the ``s3://`` URI rather
 than its cache copy. So whatever is wrong with a row can be reported as one line that points at it.
 
-Rows come lazily and in file order, so a run that uses the first N rows reads no further (Parquet,
-being columnar, is loaded whole but turned into rows only as far as they are used). Bytes that are
+Rows come lazily and in file order, so a run that uses the first N rows parses no further. Two
+exceptions, both for correctness: a gzip file is decompressed whole before its first row is used,
+since only its checksum at the end tells corrupt data from good; Parquet, being columnar, is loaded
+whole (but turned into rows only as far as they are used). Bytes that are
 not what the file claims to be (not UTF-8, a truncated or corrupt gzip, a ``.gz`` that is not gzip,
 CSV with an unclosed quote, a Parquet file that is not one) become one-line ``DataError``s.
 
@@ -32,6 +34,7 @@ from slm_ray.errors import DataError
 
 FORMATS = ("jsonl", "csv", "parquet")
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_IN_MEMORY_MAX = 16 << 20  # compressed bytes; a bigger gzip file is checked in a streaming pass first
 PARQUET_CHUNK_ROWS = 1024  # rows turned into dicts at a time: a limited run converts only what it uses
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # a line break of old Mac files; Python's text mode splits there too
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
@@ -96,17 +99,35 @@ def is_gzip(path: Path, display: str | None = None) -> bool:
 @contextmanager
 def open_bytes(path: Path, display: str) -> Iterator[IO[bytes]]:
     """The file's bytes, decompressed when they are gzip; a ``.gz`` name without gzip is refused."""
-    compressed = is_gzip(path, display)
+    if is_gzip(path, display):
+        with _checked_gunzip(path, display) as stream:
+            yield stream
+        return
+    if path.name.lower().endswith(".gz"):
+        raise DataError(f"{display}: named .gz but not gzip-compressed "
+                        "(rename it without .gz, or compress it with gzip)")
     with open(path, "rb") as raw:
-        if compressed:
-            # The outer buffer makes line iteration C-speed: GzipFile.readline is Python per line.
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped, io.BufferedReader(unzipped, 1 << 16) as lines:
-                yield lines
-            return
-        if path.name.lower().endswith(".gz"):
-            raise DataError(f"{display}: named .gz but not gzip-compressed "
-                            "(rename it without .gz, or compress it with gzip)")
         yield raw
+
+
+def _checked_gunzip(path: Path, display: str) -> IO[bytes]:
+    """A gzip file's content, every byte decompressed and its checksum checked before a row is read.
+
+    gzip checks its CRC only at the end of the stream, and corrupt data can decompress into rows
+    that look fine until then: a run limited to the first rows would never get there and would read
+    wrong rows. Files up to ``GZIP_IN_MEMORY_MAX`` are decompressed once, into memory; larger ones
+    are decompressed twice (checked, then streamed) to keep memory bounded.
+    """
+    try:
+        if path.stat().st_size <= GZIP_IN_MEMORY_MAX:
+            return io.BytesIO(gzip.decompress(path.read_bytes()))
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except _GZIP_ERRORS as exc:
+        raise DataError(_gzip_problem(display, exc)) from None
+    # An outer buffer makes line iteration C-speed: GzipFile.readline is Python per line.
+    return io.BufferedReader(gzip.GzipFile(path, "rb"), 1 << 16)
 
 
 def _gzip_problem(display: str, exc: BaseException, lines_read: int | None = None) -> str:
@@ -233,7 +254,8 @@ def _parquet_rows(path: Path, display: str) -> Iterator[Row]:
 
     with open_bytes(path, display) as handle:
         try:
-            data = io.BytesIO(handle.read()) if is_gzip(path, display) else handle  # Parquet seeks to its footer
+            seekable = isinstance(handle, io.BytesIO) or not is_gzip(path, display)  # Parquet seeks to its footer
+            data = handle if seekable else io.BytesIO(handle.read())
         except _GZIP_ERRORS as exc:
             raise DataError(_gzip_problem(display, exc)) from None
         try:
