@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,20 @@ from slm_ray.run import main as run_main
 
 TINY = ["model=tiny_llama", "tracker=none"]
 FILE = ["dataset=file", "dataset.path=qa.jsonl"]
+
+
+def _qa(question: Any = "q", answers: Any = ("a",), **extra: Any) -> dict[str, Any]:
+    return {"question": question, "answers": list(answers) if isinstance(answers, tuple) else answers, **extra}
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _corrupt_crc(data: bytes) -> bytes:
+    """Gzip whose content decompresses fine but whose CRC-32 (in the trailer) does not match."""
+    return data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:]
+
 
 # (arguments, text the error line must contain, files to create in the working folder first)
 CASES = [
@@ -50,6 +66,39 @@ CASES = [
     ([*TINY, "experiment_mode=retriever_context", "corpus=file", "corpus.path=passages.jsonl", "dataset.limit=1"],
      "dataset file not found: passages.jsonl", {}),
     (["--frobnicate"], "unknown option '--frobnicate'", {}),
+    # every row a run uses is checked; the message names the file as given, the line and what is valid
+    ([*TINY, *FILE, "dataset.fields.id=id"], "qa.jsonl:3: duplicate id 'a' (first at qa.jsonl:1;",
+     {"qa.jsonl": _jsonl([_qa(id="a"), _qa(id="b"), _qa(id="a")])}),
+    ([*TINY, *FILE], "qa.jsonl:2: 'question' is empty (expected a non-empty string)",
+     {"qa.jsonl": _jsonl([_qa(), _qa(question=" ")])}),
+    ([*TINY, *FILE], "qa.jsonl:1: 'answers' is an empty list (expected a list of strings or one string)",
+     {"qa.jsonl": _jsonl([_qa(answers=[])])}),
+    ([*TINY, *FILE], "qa.jsonl:3: 'answers' is missing", {"qa.jsonl": _jsonl([_qa(), _qa(), {"question": "q"}])}),
+    ([*TINY, *FILE], "qa.jsonl:2: 'answers' is null (expected a list of strings or one string)",
+     {"qa.jsonl": _jsonl([_qa(), _qa(answers=None)])}),
+    ([*TINY, *FILE], "qa.jsonl:1: 'answers' holds null at position 2", {"qa.jsonl": _jsonl([_qa(answers=["a", None])])}),
+    ([*TINY, *FILE], "qa.jsonl:2: not valid UTF-8", {"qa.jsonl": _jsonl([_qa()]).encode() + "{\"question\": \"é\"}\n".encode("latin-1")}),
+    ([*TINY, "dataset=file", "dataset.path=qa.jsonl.gz"], "qa.jsonl.gz: gzip data ends early",
+     {"qa.jsonl.gz": gzip.compress(_jsonl([_qa()] * 20).encode())[:-10]}),
+    ([*TINY, "dataset=file", "dataset.path=qa.jsonl.gz"], "qa.jsonl.gz: corrupt gzip data",
+     {"qa.jsonl.gz": _corrupt_crc(gzip.compress(_jsonl([_qa()] * 20).encode()))}),
+    ([*TINY, "dataset=file", "dataset.path=qa.jsonl.gz"], "qa.jsonl.gz: named .gz but not gzip-compressed",
+     {"qa.jsonl.gz": _jsonl([_qa()])}),
+    ([*TINY, "dataset=file", "dataset.path=qa.csv"], "qa.csv:3: 'answers' is empty", {"qa.csv": "question,answers\nq,a\nq\n"}),
+    ([*TINY, "dataset=file", "dataset.path=qa.parquet"], "qa.parquet: not a readable Parquet file",
+     {"qa.parquet": "question,answers\nq,a\n"}),
+    ([*TINY, *FILE, "dataset.limit=50"], "qa.jsonl:10: 'answers' is null",
+     {"qa.jsonl": _jsonl([_qa()] * 9 + [_qa(answers=None)] + [_qa()] * 50)}),
+    ([*TINY, *FILE, "dataset.limit=5", "dataset.sample=true"], "qa.jsonl:3000: 'answers' is null",
+     {"qa.jsonl": _jsonl([_qa()] * 2999 + [_qa(answers=None)])}),
+    ([*TINY, "dataset.path=nq.jsonl"], "nq.jsonl:1: 'answers' is a boolean (true)",
+     {"nq.jsonl": _jsonl([_qa(answers=True)])}),
+    ([*TINY, "experiment_mode=retriever_context", "corpus=file", "corpus.path=passages.jsonl", "dataset.limit=1"],
+     "passages.jsonl:2: 'text' is empty (expected a non-empty string)",
+     {"passages.jsonl": _jsonl([{"id": "p1", "text": "a"}, {"id": "p2", "text": " "}])}),
+    ([*TINY, "experiment_mode=retriever_context", "corpus=file", "corpus.path=passages.jsonl", "dataset.limit=1"],
+     "passages.jsonl:2: duplicate passage id 'p1'",
+     {"passages.jsonl": _jsonl([{"id": "p1", "text": "a"}, {"id": "p1", "text": "b"}])}),
 ]
 
 
@@ -57,7 +106,10 @@ CASES = [
 def test_bad_input_is_refused(args, expected, files, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     for name, content in files.items():
-        (tmp_path / name).write_text(content)
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            (tmp_path / name).write_text(content)
     if "model.device=cuda" in args:
         torch = pytest.importorskip("torch")
         if torch.cuda.is_available():

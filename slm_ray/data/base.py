@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ class QAExample:
 
 
 class BaseDataset(ABC):
-    """A QA dataset. Subclasses read one source; limiting and sampling live here, once."""
+    """A QA dataset. Subclasses read one source, checking each row as they go (slm_ray.data.checks);
+    limiting and sampling live here, once."""
 
     #: Whether examples carry gold passages, i.e. whether ``oracle_context`` can be served.
     has_gold_context: bool = False
@@ -55,8 +59,13 @@ class BaseDataset(ABC):
         return cls.has_gold_context
 
     @abstractmethod
+    def iter_examples(self) -> Generator[QAExample, None, None]:
+        """The examples of the source in file order, each row checked as it is read; an invalid
+        row raises a one-line ``DataError`` naming it."""
+
     def read_all(self) -> list[QAExample]:
         """Every example of the source, in file order."""
+        return list(self.iter_examples())
 
     def local_path(self, builtin: Path | None = None) -> Path:
         """The file to read: the packaged one for ``path: builtin``, else local or fetched from s3."""
@@ -66,12 +75,25 @@ class BaseDataset(ABC):
 
         return resolve_path(self.path, Path(self.cache_dir) / "datasets")
 
+    def display_name(self, builtin: Path | None = None) -> str:
+        """The name errors use: the path as the user typed it, an ``s3://`` URI rather than the
+        cache copy ``local_path`` reads (which the user never saw), the packaged file for builtin."""
+        if self.path == "builtin" and builtin is not None:
+            return str(builtin)
+        return self.path
+
     def load(self) -> list[QAExample]:
-        """The examples of this run: the first ``limit``, or a seeded sample of ``limit``."""
+        """The examples of this run: the first ``limit``, or a seeded sample of ``limit``.
+
+        The first ``limit`` are read (and checked) up to the last one used: a bad row further on
+        does not fail a run that never uses it. A sample is drawn over every row, so every row is
+        read and checked first.
+        """
+        if self.limit is not None and not self.sample:
+            with closing(self.iter_examples()) as examples:
+                return list(islice(examples, self.limit))
         examples = self.read_all()
         if self.limit is None or self.limit >= len(examples):
             return examples
-        if self.sample:
-            chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
-            return [examples[i] for i in chosen]
-        return examples[: self.limit]
+        chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
+        return [examples[i] for i in chosen]

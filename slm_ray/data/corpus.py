@@ -1,4 +1,9 @@
-"""Retrieval corpora: the built-in NQ corpus or a user's JSONL/Parquet passages."""
+"""Retrieval corpora: the built-in NQ corpus or a user's JSONL/Parquet passages.
+
+Every passage needs a non-empty text (an empty one can only be retrieved in place of a real one)
+and a unique id (retrieval results and indexes are keyed by it); a bad row is refused with one line
+naming it, as for datasets.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from slm_ray.data import checks
 from slm_ray.data.base import Passage
 from slm_ray.data.builtin import NQ_OPEN_ORACLE, WIKI_DISTRACTORS
-from slm_ray.data.files import iter_jsonl, read_records, require_columns
+from slm_ray.data.checks import require_columns
+from slm_ray.data.nq import gold_context
+from slm_ray.data.readers import Row, iter_rows
 from slm_ray.errors import DataError
 
 
@@ -18,40 +26,59 @@ def _split_dpr_contents(contents: str) -> tuple[str, str]:
     return first.strip().strip('"'), rest.strip()
 
 
+def _dpr_passage(row: Row, ids: checks.UniqueIds, id_prefix: str = "") -> Passage:
+    """A passage of the DPR/FlashRAG layout: ``contents`` is the title line, then the text."""
+    title, text = _split_dpr_contents(checks.text(row, "contents"))
+    if not text:
+        raise DataError(f"{row.where}: 'contents' has no text after its title line "
+                        '(expected "Title" on the first line, the passage text after it)')
+    return Passage(_passage_id(row, "id", ids, id_prefix), text, title)
+
+
+def _passage_id(row: Row, column: str, ids: checks.UniqueIds, prefix: str = "") -> str:
+    """The row's id, or its record number when the row has no id key; unique in the corpus."""
+    value = checks.field(row, column)
+    passage_id = prefix + (str(row.index) if value is checks.MISSING else checks.identifier(row, column, "id"))
+    ids.add(passage_id, row)
+    return passage_id
+
+
 def builtin_nq_corpus() -> list[Passage]:
     """The distinct NQ gold passages followed by the 1,000 Wikipedia distractors."""
     passages: list[Passage] = []
     seen: set[str] = set()
-    for record in iter_jsonl(NQ_OPEN_ORACLE):
-        for ctx in record["ctxs"][:1]:
-            if ctx["text"] not in seen:
-                seen.add(ctx["text"])
-                passages.append(Passage(id=f"nq-gold-{len(passages)}", text=ctx["text"], title=ctx.get("title", "")))
-    for record in iter_jsonl(WIKI_DISTRACTORS):
-        title, text = _split_dpr_contents(record["contents"])
-        passages.append(Passage(id=f"wiki-{record['id']}", text=text, title=title))
+    for row in iter_rows(NQ_OPEN_ORACLE, "jsonl"):
+        gold = gold_context(row)
+        if gold and gold[1] not in seen:
+            seen.add(gold[1])
+            passages.append(Passage(id=f"nq-gold-{len(passages)}", text=gold[1], title=gold[0]))
+    ids = checks.UniqueIds("passage id")
+    passages += [_dpr_passage(row, ids, "wiki-") for row in iter_rows(WIKI_DISTRACTORS, "jsonl")]
     return passages
 
 
 def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
-    """The passages of the ``corpus`` config section."""
+    """The passages of the ``corpus`` config section, every row checked."""
     if corpus_cfg.path == "builtin":
         return builtin_nq_corpus()
     from slm_ray.data.storage import resolve_path
 
-    path = resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets")
-    records = read_records(path, corpus_cfg.format)
+    path, display = resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets"), corpus_cfg.path
     fields = {"id": "id", "title": "title", "text": "text", **corpus_cfg.fields}
-    first = records[0]
-    if fields["text"] not in first and "contents" in first:  # DPR/FlashRAG layout
-        return [Passage(str(r.get("id", i)), *reversed(_split_dpr_contents(r["contents"]))) for i, r in enumerate(records)]
-    require_columns(path, first, {"text": fields["text"]})
-    passages = [
-        Passage(id=str(r.get(fields["id"], i)), text=str(r[fields["text"]]), title=str(r.get(fields["title"]) or ""))
-        for i, r in enumerate(records)
-    ]
-    if not any(p.text.strip() for p in passages):
-        raise DataError(f"{path}: every passage text is empty")
+    ids = checks.UniqueIds("passage id")
+    passages: list[Passage] = []
+    dpr_layout = False
+    for row in iter_rows(path, corpus_cfg.format, display):
+        if row.index == 0:
+            dpr_layout = fields["text"] not in row.data and "contents" in row.data
+            if not dpr_layout:
+                require_columns(display, row.data, {"text": fields["text"]}, section="corpus")
+        if dpr_layout:
+            passages.append(_dpr_passage(row, ids))
+            continue
+        text = checks.text(row, fields["text"], "text")
+        title = checks.optional_text(row, fields["title"], "title")
+        passages.append(Passage(_passage_id(row, fields["id"], ids), text, title))
     return passages
 
 
