@@ -198,6 +198,20 @@ grid:
     assert report_main([str(tmp_path / "nope")]) == 2
     assert "sweep folder not found" in capsys.readouterr().err
 
+    # --verify: a failed trial is reported; a trial listed as ok whose folder is gone fails it
+    assert report_main(["--verify", str(sweep_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"MISMATCH {oc.name}: the trial failed: DataError: boom" in err
+    (sweep_dir / "trials" / oc.name / "trial.json").unlink()
+    write_summary(sweep_dir)
+    import shutil
+
+    shutil.rmtree(sweep_dir / "trials" / rc.name)
+    assert report_main(["--verify", str(sweep_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"{rc.name}: listed in summary.json as ok, but its folder is missing" in err
+    assert f"{oc.name}: the trial is not finished (pending)" in err
+
 
 def test_capacity_counts_workers_next_to_retriever_actors(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
