@@ -384,3 +384,20 @@ def test_a_tidy_release_removes_only_the_empty_folders_this_lock_created(tmp_pat
     (tmp_path / "root" / "other_run").mkdir()  # another run appeared in the root meanwhile
     lock.release(tidy=True)
     assert not (tmp_path / "root" / "run").exists() and (tmp_path / "root" / "other_run").is_dir()
+
+
+def test_new_bootstrap_settings_recompute_results_from_the_stored_answers(make_config, monkeypatch) -> None:
+    import slm_ray.experiment as experiment
+
+    first = run_experiment(make_config("model=tiny_llama", "dataset.limit=8", "experiment.name=boot"),
+                           show_progress=False)
+    monkeypatch.setattr(experiment, "build_generator", lambda cfg: pytest.fail("no answer needs generating"))
+    again = run_experiment(make_config("model=tiny_llama", "dataset.limit=8", "experiment.name=boot",
+                                       "experiment.bootstrap_resamples=300", "experiment.seed=7"), show_progress=False)
+    from slm_ray.evaluation.metrics import aggregate
+
+    rows = read_predictions(output_dir(make_config("model=tiny_llama", "experiment.name=boot")) / PREDICTIONS)
+    rows.sort(key=lambda r: int(r["id"].removeprefix("nq-")))
+    assert again["metrics"] == aggregate([r["metrics"] for r in rows], n_resamples=300, seed=7)
+    assert again["metrics"]["token_recall"]["mean"] == first["metrics"]["token_recall"]["mean"]
+    assert again["throughput"] == first["throughput"] and again["memory"] == first["memory"]
