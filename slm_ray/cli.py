@@ -1,4 +1,4 @@
-"""What every entry point shares: flags, logging, and turning user errors into one line + exit 2."""
+"""What every entry point shares: flags, logging, and turning user errors into one line each + exit 2."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def run_cli(body: Callable[[list[str], bool], int], doc: str, argv: Sequence[str
     except SlmRayError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:  # several problems: one line each
+            print(f"error: {line}", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
