@@ -6,42 +6,35 @@ on an existing cluster loads its models on the cluster's nodes, whose GPUs the d
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from slm_ray.errors import ConfigError
 
 
-def _cuda_visible() -> bool:
-    import torch  # only when some model asks for CUDA: importing torch takes seconds
+def model_device_problem(cfg: Any) -> str | None:
+    """Why the ``model`` section ``cfg`` cannot run on this machine, or None. Asks torch (seconds to
+    import) only for a model that needs CUDA."""
+    from slm_ray.generation import vllm as vllm_backend
+    from slm_ray.generation.sources import resolve_device
 
-    return bool(torch.cuda.is_available())
-
-
-def model_device_problem(cfg: Any, cuda_visible: Callable[[], bool]) -> str | None:
-    """Why the ``model`` section ``cfg`` cannot run on this machine, or None."""
-    if cfg.backend == "vllm":
-        from slm_ray.generation import vllm as vllm_backend
-
-        if not vllm_backend.vllm_installed():
-            return vllm_backend.NOT_INSTALLED
-        try:
+    if cfg.backend == "vllm" and not vllm_backend.vllm_installed():
+        return vllm_backend.NOT_INSTALLED
+    try:
+        if cfg.backend == "vllm":
             vllm_backend.check_config(cfg)
             vllm_backend.check_visible_gpus(cfg)
-        except ConfigError as exc:
-            return str(exc)
-        return None
-    if cfg.device == "cuda" and not cuda_visible():
-        return "model.device='cuda' but no CUDA GPU is visible (valid here: cpu, auto)"
+        elif cfg.device == "cuda":
+            resolve_device("cuda")
+    except ConfigError as exc:
+        return str(exc)
     return None
 
 
 def device_problems(configs: Iterable[Any]) -> list[str]:
     """One line per model whose backend or device is not available here (each distinct line once)."""
-    cuda_visible = functools.cache(_cuda_visible)  # torch is asked at most once
     lines: dict[str, None] = {}
     for cfg in configs:
-        problem = model_device_problem(cfg.model, cuda_visible)
+        problem = model_device_problem(cfg.model)
         if problem:
             lines.setdefault(f"model={cfg.model.name}: {problem}")
     return list(lines)
