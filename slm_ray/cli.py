@@ -1,4 +1,4 @@
-"""What every entry point shares: flags, logging, and turning user errors into one line + exit 2."""
+"""What every entry point shares: flags, logging, and turning user errors into one line each + exit 2."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def run_cli(body: Callable[[list[str], bool], int], doc: str, argv: Sequence[str
     except SlmRayError as exc:
         if debug:
             raise
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        for problem in getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]:  # one line each
+            print(f"error: {one_line(problem)}", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)

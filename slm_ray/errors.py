@@ -20,3 +20,12 @@ class DataError(SlmRayError):
 
 class StorageError(DataError):
     """A remote file (s3://) could not be fetched or verified."""
+
+
+class PreflightError(SlmRayError):
+    """What was asked cannot run here: a model that cannot be loaded, a device or package that is
+    missing, a cluster that does not answer. Found before anything heavy starts; one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)

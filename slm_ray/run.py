@@ -19,6 +19,7 @@ import sys
 from typing import Any, Sequence
 
 from slm_ray.cli import run_cli
+from slm_ray.preflight import check_run
 
 log = logging.getLogger("slm_ray")
 
@@ -59,6 +60,7 @@ def _run(overrides: list[str], print_config: bool) -> int:
         from slm_ray.errors import ConfigError
 
         raise ConfigError("the combinations share one experiment.name; drop experiment.name to get one per run")
+    check_run(configs)  # models, devices: refused before anything loads or is written
     from slm_ray.experiment import output_dir, run_experiment
 
     keep_loaded = KeepLoaded()

@@ -25,6 +25,7 @@ import sys
 from typing import Sequence
 
 from slm_ray.cli import USAGE_EXIT, run_cli
+from slm_ray.preflight import check_sweep
 
 VALUE_FLAGS = ("--name", "--address")
 
@@ -80,6 +81,7 @@ def _sweep(arguments: list[str], print_config: bool, flags: dict[str, str]) -> i
     if print_config:
         print(plan.render())
         return 0
+    check_sweep(plan, flags.get("address"))  # models, devices, the cluster: refused before Ray starts
     from slm_ray.sweeps.engine import run_sweep
 
     dashboard = True if "dashboard" in flags else False if "no-dashboard" in flags else None

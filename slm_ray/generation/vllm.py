@@ -46,6 +46,7 @@ CHUNK_SIZE = 256
 #: Where vLLM can load a model from: a hub id or a folder in Hugging Face format.
 VALID_SOURCES = ("hub", "local")
 INSTALL_HINT = "pip install 'slm-ray[gpu]'"
+NOT_INSTALLED = f"model.backend=vllm needs vllm, which is not installed ({INSTALL_HINT})"
 
 
 def check_config(cfg: Any) -> None:
@@ -152,10 +153,18 @@ def generation_eos_ids(location: str) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+def vllm_installed() -> bool:
+    """Whether ``import vllm`` would find a module, found without importing it (that takes seconds)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # in sys.modules without a spec: imported some other way, so it is there
+        return True
+
+
 def import_vllm() -> Any:
     """The vllm module, or a ConfigError that says how to install it."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(f"model.backend=vllm needs vllm, which is not installed ({INSTALL_HINT})")
+    if not vllm_installed():
+        raise ConfigError(NOT_INSTALLED)
     import vllm
 
     return vllm
@@ -168,6 +177,16 @@ def visible_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def check_visible_gpus(cfg: Any) -> None:
+    """Refuse a model that needs more CUDA GPUs than this process sees."""
+    needed, visible = tensor_parallel_size(cfg), visible_gpus()
+    if visible < needed:
+        raise ConfigError(
+            f"model.backend=vllm needs {needed} CUDA GPU(s) and {visible} is visible "
+            "(in a sweep, give the model num_gpus > 0); CPU runs use model.backend=hf"
+        )
+
+
 class VLLMGenerator(BaseModel):
     """A causal LM served by vLLM's offline ``LLM`` engine on one GPU (or ``num_gpus`` of them)."""
 
@@ -178,12 +197,7 @@ class VLLMGenerator(BaseModel):
         check_config(config)
         location = resolve_location(config)
         vllm = import_vllm()
-        needed, visible = tensor_parallel_size(config), visible_gpus()
-        if visible < needed:
-            raise ConfigError(
-                f"model.backend=vllm needs {needed} CUDA GPU(s) and {visible} is visible "
-                "(in a sweep, give the model num_gpus > 0); CPU runs use model.backend=hf"
-            )
+        check_visible_gpus(config)
         self.vllm_version = getattr(vllm, "__version__", None)
         self.engine_kwargs = engine_kwargs(config, location)
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""ClearML: one Task per experiment, online with credentials, offline (a session zip) without."""
+"""ClearML: one Task per experiment, online with credentials and a server that answers, else offline
+(a session zip to import later)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,27 @@ def resolve_offline(setting: Any) -> bool:
     return not has_clearml_credentials()
 
 
+def api_server_host() -> str:
+    """The API server ClearML would talk to: CLEARML_API_HOST, else clearml.conf's api_server, else
+    ClearML's default, read by ClearML's own code."""
+    from clearml.backend_api.session import Session
+
+    try:
+        return Session.get_api_server_host()
+    except Exception:  # noqa: BLE001 - an unreadable clearml.conf: ClearML itself reports it later
+        return os.environ.get("CLEARML_API_HOST") or Session.default_host
+
+
+def unreachable_server() -> tuple[str, str] | None:
+    """(host, why) when ClearML's API server does not answer within a few seconds, else None.
+    Without this check ClearML retries an unreachable server for minutes before the first question."""
+    from slm_ray.netcheck import http_problem
+
+    host = api_server_host().rstrip("/")
+    problem = http_problem(f"{host}/debug.ping")
+    return None if problem is None else (host, problem)
+
+
 def _forget_inherited_master() -> None:
     """Drop ClearML's "child of task X" marker inherited from another process (a Ray worker started
     by a process that had a Task): with it, ClearML hands this process a do-nothing stub task."""
@@ -49,6 +71,13 @@ class ClearMLTracker(Tracker):
         # Report from this process: the default subprocess makes task.close() wait ~10 s.
         Task._report_subprocess_enabled = False
         self.offline = resolve_offline(offline)
+        self.offline_reason = "no credentials" if offline not in (True, "true") else "tracker.offline=true"
+        unreachable = None if self.offline else unreachable_server()
+        if unreachable:
+            host, why = unreachable
+            log.warning("ClearML server %s is not reachable (%s): running offline instead; the session zip "
+                        "can be imported into the server later", host, why)
+            self.offline, self.offline_reason = True, f"server {host} not reachable"
         Task.set_offline(self.offline)
         _forget_inherited_master()
         # ClearML hooks SIGTERM/SIGINT and then does not exit on SIGTERM: keep the process's own handlers.
@@ -83,5 +112,5 @@ class ClearMLTracker(Tracker):
         if folder is None:
             return None
         session = Path(f"{folder}.zip")
-        return (f"ClearML ran offline (no credentials); session saved at {session}. Import it into a server with: "
-                f"python -c \"from clearml import Task; Task.import_offline_session('{session}')\"")
+        return (f"ClearML ran offline ({self.offline_reason}); session saved at {session}. Import it into a server "
+                f"with: python -c \"from clearml import Task; Task.import_offline_session('{session}')\"")
