@@ -401,3 +401,25 @@ def test_new_bootstrap_settings_recompute_results_from_the_stored_answers(make_c
     assert again["metrics"] == aggregate([r["metrics"] for r in rows], n_resamples=300, seed=7)
     assert again["metrics"]["token_recall"]["mean"] == first["metrics"]["token_recall"]["mean"]
     assert again["throughput"] == first["throughput"] and again["memory"] == first["memory"]
+
+
+def test_a_run_refused_after_its_folder_was_made_removes_only_its_own_files(make_config, tmp_path) -> None:
+    """A refusal that only the model load finds (past every check before it): the refused run's new
+    folder goes, the live run beside it in the same fresh root stays whole."""
+    from slm_ray.errors import ConfigError
+
+    def refuse(cfg):
+        raise ConfigError("model.device='cuda' but no CUDA GPU is visible")
+
+    live = tmp_path / "outputs" / "a_live_run"
+    holder = _hold_lock(live)
+    try:
+        (live / PREDICTIONS).write_text('{"id": "x"}\n')
+        with pytest.raises(ConfigError):
+            run_experiment(make_config("model=tiny_llama", "dataset.limit=2", "experiment.name=b"), generator=refuse,
+                           show_progress=False)
+        assert not (tmp_path / "outputs" / "b").exists()
+        assert sorted(p.name for p in live.iterdir()) == [LOCK, PREDICTIONS]
+    finally:
+        holder.kill()
+        holder.wait()
