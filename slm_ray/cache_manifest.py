@@ -4,14 +4,16 @@ A cached index or model whose bytes changed on disk (a bad disk, a stray copy, a
 rewrote a file in place) often still loads and then answers wrongly: shuffled BM25 arrays dropped
 recall@3 from 0.875 to 0.025 without an error. So the folder is checked against its manifest
 before it is trusted. This is corruption detection, not tamper-proofing: CRC-32 catches every
-burst error up to 32 bits and random damage with probability 1 - 2**-32, and runs at several GB/s
-(SHA-256 would cost ~10% of loading a 540 MB model by itself; see bench/bench_cache_check.py).
+burst error up to 32 bits and random damage with probability 1 - 2**-32, and it is the fastest
+sound checksum at hand (zlib, ~3.5 GB/s on the 2-core development machine: 160 ms for the 540 MB
+SmolLM2 copy, against 350 ms for SHA-1 or SHA-256 and 630 ms for BLAKE2b; bench/bench_cache_check.py).
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,17 @@ _CHUNK = 8 * 1024 * 1024  # zlib.crc32 releases the GIL on each chunk; 8 MB keep
 
 
 def file_crc32(path: Path) -> int:
-    """CRC-32 of a file's bytes, read through a memory map (no copy into Python)."""
+    """CRC-32 of a file's bytes, read through a memory map (no copy into Python). The mapping is
+    populated in one call where Linux allows: faulting 5 MB in page by page cost more than the CRC."""
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         if size == 0:
             return 0  # mmap refuses empty files
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+        if hasattr(mmap, "MAP_POPULATE"):
+            mapped = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+        else:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        with mapped, memoryview(mapped) as view:
             crc = 0
             for start in range(0, size, _CHUNK):
                 crc = zlib.crc32(view[start:start + _CHUNK], crc)
@@ -38,7 +45,11 @@ def file_crc32(path: Path) -> int:
 
 def _files(folder: Path) -> list[str]:
     """Every file below ``folder`` as a sorted relative POSIX path, the manifest itself excluded."""
-    names = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    names = []
+    for root, _, files in os.walk(folder):
+        relative = Path(root).relative_to(folder).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        names.extend(prefix + name for name in files)
     return sorted(name for name in names if name != MANIFEST_NAME)
 
 
@@ -77,12 +88,15 @@ def verify_manifest(folder: str | Path) -> str | None:
     for name in present:
         if name not in expected:
             return f"{name}: not in the manifest"
-    for name in present:
-        size = (folder / name).stat().st_size
-        if size != expected[name]["size"]:
-            return f"{name}: {size} bytes, the manifest says {expected[name]['size']}"
-    for name in present:
-        crc = f"{file_crc32(folder / name):08x}"
-        if crc != expected[name]["crc32"]:
-            return f"{name}: CRC-32 {crc}, the manifest says {expected[name]['crc32']}"
+    try:
+        for name in present:
+            size = (folder / name).stat().st_size
+            if size != expected[name]["size"]:
+                return f"{name}: {size} bytes, the manifest says {expected[name]['size']}"
+        for name in present:
+            crc = f"{file_crc32(folder / name):08x}"
+            if crc != expected[name]["crc32"]:
+                return f"{name}: CRC-32 {crc}, the manifest says {expected[name]['crc32']}"
+    except (OSError, ValueError) as exc:  # a dangling link, a file removed meanwhile, an unmappable file
+        return f"{name}: unreadable ({type(exc).__name__}: {exc})"
     return None
