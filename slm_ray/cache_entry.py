@@ -35,7 +35,8 @@ def _problem(folder: Path, load: Callable[[Path], None] | None) -> str | None:
 
 def _set_aside(folder: Path) -> Path:
     """Rename a bad ``folder`` to a hidden sibling (lock held). Leftovers of a process that died
-    between its rename and its delete are removed first: only a lock holder makes them."""
+    between its rename and its delete are removed first: only a lock holder makes them, and a
+    staging folder of ``atomic_folder`` never matches (mkdtemp names have no "-")."""
     prefix = f".{folder.name}.bad-"
     for stale in folder.parent.iterdir():
         if stale.name.startswith(prefix):

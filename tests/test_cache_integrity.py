@@ -176,6 +176,27 @@ def test_manifest_covers_nested_and_empty_files(tmp_path: Path) -> None:
     assert "unreadable" in verify_manifest(tmp_path)
 
 
+def _write_entry(staging: Path) -> None:
+    (staging / "data.txt").write_text("the entry\n")
+
+
+def test_a_failed_rebuild_leaves_nothing_and_leftovers_of_a_crash_are_cleared(tmp_path: Path) -> None:
+    target = tmp_path / "entry"
+    assert load_or_build(target, _write_entry)
+    (target / "data.txt").write_text("THE ENTRY\n")  # same size, other bytes
+    crashed = tmp_path / ".entry.bad-0a1b2c3d"  # set aside by a process that died before deleting it
+    crashed.mkdir()
+
+    def failing_build(staging: Path) -> None:
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError, match="build failed"):
+        load_or_build(target, failing_build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".entry.lock"]  # bad copy, leftover, staging: gone
+    assert load_or_build(target, _write_entry) and (target / "data.txt").read_text() == "the entry\n"
+    assert not load_or_build(target, failing_build)  # sound now: the builder is not called
+
+
 # --- two processes find the same damaged index ------------------------------------------------------
 
 

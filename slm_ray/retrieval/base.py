@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slm_ray.cache_entry import load_or_build
 from slm_ray.data.base import Passage
 from slm_ray.data.corpus import corpus_fingerprint
-from slm_ray.cache_entry import load_or_build
 from slm_ray.io import atomic_write_json
 
 log = logging.getLogger("slm_ray.retrieval")
