@@ -1,6 +1,7 @@
 """MemoryMonitor against real allocations, plus fake NVML/torch for the GPU code paths."""
 
 import json
+import mmap
 import subprocess
 import sys
 import time
@@ -16,9 +17,29 @@ MB = 1024 * 1024
 INTERVAL = 0.02
 
 
-def _allocate_mb(size_mb: float) -> np.ndarray:
-    """A real, touched allocation (np.ones writes every page, so RSS grows)."""
-    return np.ones(int(size_mb * MB) // 8, dtype=np.float64)
+def _resident_mb(size_mb: float) -> mmap.mmap:
+    """``size_mb`` of fresh memory with every page written, so RSS really grows by that much;
+    ``close()`` unmaps it and RSS falls at once. A new anonymous mapping, not np.ones: once earlier
+    tests have freed memory, malloc can serve even 300 MB from pages that are already resident,
+    and RSS does not move at all (so it went in the full suite)."""
+    mapped = mmap.mmap(-1, int(size_mb * MB), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    pages = np.frombuffer(mapped, dtype=np.uint8)
+    pages[:: mmap.PAGESIZE] = 1  # one write per page makes it resident
+    del pages  # a mapping cannot be closed while a view of it exists
+    return mapped
+
+
+def _wait_until_sampled(monitor: MemoryMonitor, rss_mb: float, timeout_s: float = 60.0) -> dict:
+    """Poll until the monitor's own thread has recorded a sample with at least ``rss_mb``: no
+    fixed sleep that a busy machine can outlast. Nothing else samples meanwhile, so the sample
+    seen is the thread's."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        latest = monitor.latest()
+        if latest["rss_mb"] >= rss_mb:
+            return latest
+        time.sleep(INTERVAL)
+    pytest.fail(f"the sampler thread recorded no RSS >= {rss_mb:.0f} MB within {timeout_s:.0f} s")
 
 
 def _no_gpu_here() -> bool:
@@ -28,9 +49,11 @@ def _no_gpu_here() -> bool:
 def test_model_phase_peak_rises_with_a_real_allocation():
     with MemoryMonitor(interval_s=INTERVAL) as monitor:
         with monitor.phase("model"):
-            weights = _allocate_mb(300)
+            before = monitor.latest()["rss_mb"]
+            weights = _resident_mb(300)
+            _wait_until_sampled(monitor, before + 280)
             time.sleep(5 * INTERVAL)
-        del weights
+        weights.close()
         with monitor.phase("retriever"):
             time.sleep(5 * INTERVAL)
     components = monitor.summary()["components"]
@@ -49,8 +72,8 @@ def test_a_peak_between_samples_is_caught_by_the_high_water_mark():
     current = monitor.sample()["rss_mb"]
     high_water = memory._rss_high_water_mb()
     with monitor.phase("model"):
-        transient = _allocate_mb(high_water - current + 200)  # beyond any earlier peak
-        del transient
+        transient = _resident_mb(high_water - current + 200)  # beyond any earlier peak
+        transient.close()
     model = monitor.summary()["components"]["model"]
     assert model["delta_rss_mb"] >= 150
     assert model["n_samples"] == 2
@@ -62,9 +85,11 @@ def test_nested_and_sequential_phases_are_attributed():
             with monitor.phase("retriever"):
                 time.sleep(3 * INTERVAL)
             with monitor.phase("model"):
-                weights = _allocate_mb(300)
+                before = monitor.latest()["rss_mb"]
+                weights = _resident_mb(300)
+                _wait_until_sampled(monitor, before + 280)
                 time.sleep(3 * INTERVAL)
-            del weights
+            weights.close()
         monitor.sample()
     summary = monitor.summary()
     rag, retriever, model = (summary["components"][k] for k in ("rag", "retriever", "model"))

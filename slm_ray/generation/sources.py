@@ -104,30 +104,30 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
 
 
 def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> Path:
-    """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s."""
-    from slm_ray.io import build_lock
+    """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s. The
+    copy is used only if every file matches its manifest; otherwise it is dequantised again."""
+    from slm_ray.cache_entry import load_or_build
 
     target = cache_dir / "models" / f"{Path(gguf_file).stem}-{str(dtype).removeprefix('torch.')}"
-    if (target / "config.json").is_file():
-        return target
-    with build_lock(target):  # two sweep workers starting together: one dequantises, the other waits
-        if not (target / "config.json").is_file():
-            _dequantise(folder, gguf_file, dtype, target)
+
+    def build(staging: Path) -> None:
+        log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target)
+        _dequantise(folder, gguf_file, dtype, staging)
+
+    # Two sweep workers starting together: one dequantises, the other waits under the build lock.
+    load_or_build(target, build, what="dequantised model")
     return target
 
 
-def _dequantise(folder: Path, gguf_file: str, dtype: Any, target: Path) -> None:
+def _dequantise(folder: Path, gguf_file: str, dtype: Any, staging: Path) -> None:
+    """Write the dequantised model and its tokenizer into ``staging``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slm_ray.io import atomic_folder
-
-    log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
     # The weights are plain tensors once dequantised; drop the GGUF marker that blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_folder(target) as staging:
-        tokenizer.save_pretrained(staging)
-        model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    model.save_pretrained(staging)

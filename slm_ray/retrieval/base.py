@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slm_ray.cache_entry import load_or_build
 from slm_ray.data.base import Passage
 from slm_ray.data.corpus import corpus_fingerprint
-from slm_ray.io import atomic_folder, atomic_write_json, build_lock
+from slm_ray.io import atomic_write_json
 
 log = logging.getLogger("slm_ray.retrieval")
 
@@ -82,43 +82,32 @@ def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
     return f"{retriever_cfg.type}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def _load_cached(retriever: BaseRetriever, folder: Path) -> bool:
-    """Load the index in ``folder`` if there is a readable one; a corrupt one is removed."""
-    if not (folder / "meta.json").is_file():
-        return False
-    try:
-        started = time.perf_counter()
-        retriever.load(folder)
-    except Exception as exc:  # a corrupt or foreign index is rebuilt, not trusted
-        log.warning("cached index %s is unreadable (%s); rebuilding", folder, exc)
-        shutil.rmtree(folder, ignore_errors=True)
-        return False
-    log.info("loaded %s index from %s in %.2fs", retriever.config.type, folder, time.perf_counter() - started)
-    return True
-
-
 def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path) -> tuple[BaseRetriever, bool]:
     """A ready retriever, loaded from the cache when possible. Returns (retriever, built_now).
 
-    A new index is written to a staging folder and renamed into place, so an interrupted build
-    never leaves a half-written index that a later run would trust.
+    A cached index is used only if every file matches its manifest and it loads; otherwise it is
+    rebuilt (see ``slm_ray.cache_entry``). A new index is written to a staging folder and renamed
+    into place, so an interrupted build never leaves a half-written index that a later run trusts.
     """
     from slm_ray.config import import_object
 
     retriever = import_object(retriever_cfg.target)(retriever_cfg, passages)
     folder = Path(cache_dir) / "indexes" / index_key(retriever_cfg, passages)
-    if _load_cached(retriever, folder):
-        return retriever, False
-    with build_lock(folder):  # another process building this index: wait for it, then load its copy
-        if _load_cached(retriever, folder):
-            return retriever, False
+
+    def load(path: Path) -> None:
+        started = time.perf_counter()
+        retriever.load(path)
+        log.info("loaded %s index from %s in %.2fs", retriever_cfg.type, path, time.perf_counter() - started)
+
+    def build(staging: Path) -> None:
         started = time.perf_counter()
         retriever.build()
         log.info("built %s index over %d passages in %.1fs", retriever_cfg.type, len(passages),
                  time.perf_counter() - started)
-        with atomic_folder(folder) as staging:
-            retriever.save(staging)
-            meta = {"config": retriever_cfg.model_dump(), "n_passages": len(passages),
-                    "corpus": corpus_fingerprint(passages), "built_s": round(time.perf_counter() - started, 3)}
-            atomic_write_json(staging / "meta.json", meta)
-    return retriever, True
+        retriever.save(staging)
+        meta = {"config": retriever_cfg.model_dump(), "n_passages": len(passages),
+                "corpus": corpus_fingerprint(passages), "built_s": round(time.perf_counter() - started, 3)}
+        atomic_write_json(staging / "meta.json", meta)
+
+    built_now = load_or_build(folder, build, load=load, what="cached index")
+    return retriever, built_now

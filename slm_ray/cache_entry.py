@@ -1,0 +1,75 @@
+"""One cache entry (an index, a dequantised model): used only when its manifest checks out, and
+rebuilt under the build lock when it does not.
+
+A bad entry is renamed aside before the rebuild and deleted only once the new one is in place, and
+only by the process holding the lock: another process may still be reading the old files (Linux
+keeps open and mapped files alive), but nobody is ever building in a folder that gets deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from slm_ray.cache_manifest import verify_manifest, write_manifest
+from slm_ray.io import atomic_folder, build_lock
+
+log = logging.getLogger("slm_ray.cache")
+
+
+def _problem(folder: Path, load: Callable[[Path], None] | None) -> str | None:
+    """Why ``folder`` cannot be used (None when it can); ``load`` is tried only on a sound folder."""
+    if not folder.is_dir():
+        return "absent"
+    problem = verify_manifest(folder)
+    if problem is None and load is not None:
+        try:
+            load(folder)
+        except Exception as exc:  # a foreign or unreadable entry is rebuilt, not trusted
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+    return problem
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename a bad ``folder`` to a hidden sibling (lock held). Leftovers of a process that died
+    between its rename and its delete are removed first: only a lock holder makes them, and a
+    staging folder of ``atomic_folder`` never matches (mkdtemp names have no "-")."""
+    prefix = f".{folder.name}.bad-"
+    for stale in folder.parent.iterdir():
+        if stale.name.startswith(prefix):
+            shutil.rmtree(stale, ignore_errors=True)
+    aside = folder.with_name(prefix + uuid.uuid4().hex[:8])
+    folder.rename(aside)
+    return aside
+
+
+def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
+                  load: Callable[[Path], None] | None = None, what: str = "cache entry") -> bool:
+    """Make ``folder`` a sound cache entry; True when it was (re)built now.
+
+    ``build(staging)`` writes the entry into an empty staging folder, which gets its manifest last
+    and is then renamed into place. ``load(folder)``, when given, reads a sound entry and raises
+    if it cannot; an entry that fails the manifest check or the load is rebuilt, with one warning.
+    """
+    folder = Path(folder)
+    if _problem(folder, load) is None:
+        return False
+    with build_lock(folder):  # another process building this entry: wait, then use its copy
+        problem = _problem(folder, load)
+        if problem is None:
+            return False
+        aside = None
+        if folder.exists():
+            log.warning("%s %s failed its check (%s); rebuilding", what, folder, problem)
+            aside = _set_aside(folder)
+        try:
+            with atomic_folder(folder) as staging:
+                build(staging)
+                write_manifest(staging)  # last: it covers every file written above
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+    return True
