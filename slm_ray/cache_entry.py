@@ -9,6 +9,7 @@ keeps open and mapped files alive), but nobody is ever building in a folder that
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -19,12 +20,40 @@ from slm_ray.io import atomic_folder, build_lock
 
 log = logging.getLogger("slm_ray.cache")
 
+#: Entries this process has verified by content, with the (path, size, mtime, inode) of each of their
+#: files at that moment. Reloading one in the same process (a sweep worker switching back to a model)
+#: re-checks only that signature: the full check cost as much as the reload itself (0.18 s for
+#: SmolLM2's 540 MB); any rewrite of a file since changes the signature and brings the full check back.
+_VERIFIED: dict[Path, tuple[tuple[str, int, int, int], ...]] = {}
+
+
+def _signature(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    found = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            found.append((os.path.relpath(os.path.join(root, name), folder), stat.st_size, stat.st_mtime_ns,
+                          stat.st_ino))
+    return tuple(sorted(found))
+
+
+def _verified(folder: Path) -> str | None:
+    """verify_manifest, once per process per unchanged entry."""
+    key = folder.resolve()
+    signature = _signature(folder)
+    if _VERIFIED.get(key) == signature:
+        return None
+    problem = verify_manifest(folder)
+    if problem is None:
+        _VERIFIED[key] = signature
+    return problem
+
 
 def _problem(folder: Path, load: Callable[[Path], None] | None) -> str | None:
     """Why ``folder`` cannot be used (None when it can); ``load`` is tried only on a sound folder."""
     if not folder.is_dir():
         return "absent"
-    problem = verify_manifest(folder)
+    problem = _verified(folder)
     if problem is None and load is not None:
         try:
             load(folder)
@@ -62,6 +91,7 @@ def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
         if problem is None:
             return False
         aside = None
+        _VERIFIED.pop(folder.resolve(), None)
         if folder.exists():
             log.warning("%s %s failed its check (%s); rebuilding", what, folder, problem)
             aside = _set_aside(folder)

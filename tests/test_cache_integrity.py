@@ -321,3 +321,19 @@ def test_a_damaged_dequantised_smollm2_is_dequantised_again(shared_cache: Path, 
     assert len(warnings) == 1 and str(target) in warnings[0] and "model.safetensors" in warnings[0]
     assert verify_manifest(target) is None
     assert _same_weights(_weights(target), _weights(pristine))
+
+
+def test_an_entry_is_checked_by_content_once_per_process_until_a_file_changes(tmp_path: Path, monkeypatch) -> None:
+    import slm_ray.cache_entry as cache_entry
+
+    calls: list[Path] = []
+    real = cache_entry.verify_manifest
+    monkeypatch.setattr(cache_entry, "verify_manifest", lambda folder: calls.append(folder) or real(folder))
+    folder = tmp_path / "entry"
+    assert cache_entry.load_or_build(folder, lambda staging: (staging / "w.bin").write_bytes(b"x" * 4096)) is True
+    assert cache_entry.load_or_build(folder, lambda staging: pytest.fail("rebuilt")) is False
+    assert cache_entry.load_or_build(folder, lambda staging: pytest.fail("rebuilt")) is False
+    assert len(calls) == 1, "a second use in the same process re-reads no content"
+    (folder / "w.bin").write_bytes(b"y" * 4096)  # rewritten: size equal, signature not
+    assert cache_entry.load_or_build(folder, lambda staging: (staging / "w.bin").write_bytes(b"x" * 4096)) is True
+    assert (folder / "w.bin").read_bytes() == b"x" * 4096
