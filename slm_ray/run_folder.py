@@ -4,6 +4,7 @@ appends to, finishes or reads an experiment's folder goes through this module.
 A folder is written by one process at a time: ``RunFolder.open`` holds an exclusive lock
 (``.lock``, flock) for the whole run, and a second process is refused in one line naming the holder.
 The kernel drops the lock when its process dies, so a killed run's folder is taken over at once.
+A folder that holds anything but a run's files (a sweep, the sweeps root, a user's notes) is refused.
 
 Answers are tied to what they were computed from: ``inputs.json`` records the answer settings
 (model and decoding, prompt, mode, dataset selection, retriever), a digest of the examples used
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +48,9 @@ LOG = "run.log"
 LOCK = ".lock"
 #: Marks a folder moved aside by ``experiment.replace=true``; such folders are not runs of a sweep.
 REPLACED_MARK = ".replaced-"
+#: What a run folder may hold besides temporary files of atomic writes (``.<name>.*.tmp``):
+#: the run's files, and the sweep's record of the trial.
+RUN_FILES = frozenset({PREDICTIONS, RESULTS, CONFIG, INPUTS, SEGMENTS, MEMORY, LOG, LOCK, "trial.json"})
 #: Keys every prediction line has.
 PREDICTION_KEYS = ("id", "prediction", "metrics")
 
@@ -69,12 +74,31 @@ class FolderUnusable(SlmRayError):
 # --- locking ---------------------------------------------------------------------------------------
 
 
-def _holder_text(lock_path: Path) -> str:
+def _holder_text(lock_path: Path, wait_s: float = 1.0) -> str:
+    """Who holds a lock, from ``.lock``. The holder writes it just after locking, so a record that is
+    missing, or names a process that is gone, is read again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(lock_path.read_text(encoding="utf-8"))
+            text = f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+            if holder["host"] != socket.gethostname() or _alive(int(holder["pid"])):
+                return text
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return "another process"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
     try:
-        holder = json.loads(lock_path.read_text(encoding="utf-8"))
-        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unusable(path: Path, exc: OSError) -> FolderUnusable:
@@ -87,7 +111,8 @@ def _unusable(path: Path, exc: OSError) -> FolderUnusable:
 
 
 class FolderLock:
-    """An exclusive lock on a folder, held from ``acquire`` to ``release`` by this process.
+    """An exclusive lock on a folder, held from ``acquire`` to ``release`` by this process: ``flock``
+    on the folder itself, so no file can be deleted to break it; ``.lock`` names the holder.
 
     ``acquire`` creates the folder (and missing parents) and remembers which ones it created, so
     that ``release(tidy=True)`` can remove exactly those, and only while they are empty: a refused
@@ -105,11 +130,11 @@ class FolderLock:
         return self.folder / LOCK
 
     def acquire(self) -> "FolderLock":
-        for _ in range(100):  # retried only when the lock file was replaced under us
+        for _ in range(100):  # retried only when the folder was replaced or removed under us
             self._make_folders()
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # the folder was tidied away meanwhile: make it again
+                fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:  # tidied away meanwhile: make it again
                 continue
             except OSError as exc:
                 raise _unusable(self.folder, exc) from None
@@ -120,10 +145,10 @@ class FolderLock:
                 raise FolderInUse(f"{self.folder} is in use by {_holder_text(self.path)}: wait for that "
                                   f"{self.what} to finish, or use another name") from None
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same = os.stat(self.folder).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
-            if not same:  # the holder tidied its lock file away before we locked ours
+            if not same:  # the holder moved or removed the folder before we locked it
                 os.close(fd)
                 continue
             self._fd = fd
@@ -149,30 +174,28 @@ class FolderLock:
                 raise _unusable(folder, exc) from None
 
     def _write_holder(self) -> None:
+        """``.lock`` says who holds the folder (the lock itself is on the folder: deleting this file
+        frees nothing)."""
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        data = (json.dumps(holder) + "\n").encode("utf-8")
-        assert self._fd is not None
         try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
+            self.path.write_text(json.dumps(holder) + "\n", encoding="utf-8")
         except OSError as exc:
             self.release()
             raise _unusable(self.folder, exc) from None
 
     def release(self, tidy: bool = False) -> None:
-        """Unlock; with ``tidy``, remove the lock file and the folders this lock created, if empty."""
+        """Unlock; with ``tidy`` (nothing of this process's work is in the folder), remove the holder
+        record and the folders this lock created, while they are empty."""
         if self._fd is None:
             return
         if tidy:
-            only_lock = self.folder.is_dir() and [p.name for p in self.folder.iterdir()] == [LOCK]
-            if only_lock:
-                self.path.unlink(missing_ok=True)  # before unlocking: a waiter then sees a new file
-                for folder in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
-                    try:
-                        folder.rmdir()
-                    except OSError:  # not empty (another run's files) or gone: keep it
-                        break
+            self.path.unlink(missing_ok=True)
+            for folder in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (another run's files) or gone: keep it
+                    break
         os.close(self._fd)
         self._fd = None
 
@@ -193,8 +216,8 @@ def prediction_problem(line: str) -> str | None:
     """Why a line is not a prediction line, or None when it is one."""
     try:
         row = json.loads(line)
-    except ValueError as exc:
-        return f"not valid JSON ({exc.__class__.__name__}: {str(exc).split(':')[0]})"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(row, dict):
         return f"a JSON {type(row).__name__}, not an object"
     missing = [k for k in PREDICTION_KEYS if k not in row]
@@ -406,7 +429,12 @@ class RunFolder:
         return data if isinstance(data, dict) else None
 
     def segments(self) -> list[dict[str, Any]]:
+        """The recorded segments; a damaged file is reported and counts as none (the answers stay)."""
         data = _read_json(self.file(SEGMENTS))
+        if data is None and self.file(SEGMENTS).exists() or data is not None and not isinstance(data, list):
+            log.warning("%s is unreadable: the time and memory of earlier segments of this run are lost "
+                        "(its answers are kept)", self.file(SEGMENTS))
+            return []
         return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
 
     def predictions(self) -> list[dict[str, Any]]:
@@ -422,12 +450,16 @@ class RunFolder:
     def state(self, inputs: Inputs, replace: bool = False) -> str:
         """``complete``, ``partial`` or ``new`` for a run with ``inputs``; InputsChanged when the folder
         holds answers from other inputs (unless ``replace``: then ``new``, the folder will move aside)."""
+        foreign = self.foreign_entry()
+        if foreign:
+            raise FolderUnusable(f"{self.path} is not a run folder (it holds {foreign!r}, which no run writes)")
         changes = self._changes(inputs)
         if changes:
             if replace:
                 return "new"
             raise InputsChanged(self._changed_message(changes))
-        if self.has_answers() and self.results() is not None and self.inputs() == inputs:
+        if (self.has_answers() and self.results() is not None and self.inputs() == inputs
+                and self.count_predictions() >= inputs.n_examples):
             return "complete"
         return "partial" if self.has_answers() else "new"
 
@@ -436,7 +468,8 @@ class RunFolder:
             return []
         old = self.inputs()
         if old is None:
-            return [f"{self.path} holds answers without {INPUTS} (written by an older version or by hand)"]
+            why = "an unreadable" if self.file(INPUTS).exists() else "no"
+            return [f"its answers have {why} {INPUTS} (damaged, or written by an older version)"]
         return inputs.changes_from(old)
 
     def _changed_message(self, changes: list[str]) -> str:
@@ -446,10 +479,24 @@ class RunFolder:
 
     # -- writing ------------------------------------------------------------------------------------
 
+    def foreign_entry(self) -> str | None:
+        """The first entry of the folder that no run writes (a sweep, a user's file), or None."""
+        if not self.path.is_dir():
+            return None
+        for entry in sorted(self.path.iterdir()):
+            temporary = entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file()
+            if not temporary and (entry.name not in RUN_FILES or not entry.is_file()):
+                return entry.name + ("/" if entry.is_dir() else "")
+        return None
+
     def open(self, inputs: Inputs, config: dict[str, Any], replace: bool = False) -> "RunSession":
         """Lock the folder (creating it) and check that its answers belong to ``inputs``."""
         lock = FolderLock(self.path, "run").acquire()
         try:
+            foreign = self.foreign_entry()
+            if foreign:
+                raise FolderUnusable(f"{self.path} is not a run folder (it holds {foreign!r}, which no run "
+                                     "writes): choose another experiment.name or experiment.output_dir")
             changes = self._changes(inputs)
             if changes and not replace:
                 raise InputsChanged(self._changed_message(changes))
@@ -495,8 +542,14 @@ class RunSession:
         return self.folder.path
 
     def check_examples(self, examples: list[Any]) -> None:
-        """Every stored answer is for an example of this run, with the same question and answers."""
+        """Every stored answer is for an example of this run, with the same question and answers; the
+        run is complete only when every example has its answer (a line deleted by hand is answered again)."""
         by_id = {e.id: e for e in examples}
+        missing = [e.id for e in examples if e.id not in self.done]
+        if self.complete and missing:
+            log.warning("%s: %d example(s) have no answer although results.json exists (e.g. %r): answering them",
+                        self.path, len(missing), missing[0])
+            self.complete = False
         for row in self.done.values():
             example = by_id.get(row["id"])
             if example is None or row.get("question") != example.question or list(row.get("answers") or []) != list(example.answers):

@@ -196,6 +196,7 @@ def test_a_second_process_on_the_same_folder_is_refused_and_a_dead_holder_is_tak
         error = _one_error(text)
         assert code == 2 and f"in use by pid {holder.pid} on {socket.gethostname()}" in error
         assert sorted(p.name for p in folder.iterdir()) == [LOCK], "the refused run wrote nothing"
+        assert str(holder.pid) in (folder / LOCK).read_text(), "nor touched the holder's record"
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -420,6 +421,48 @@ def test_a_run_refused_after_its_folder_was_made_removes_only_its_own_files(make
                            show_progress=False)
         assert not (tmp_path / "outputs" / "b").exists()
         assert sorted(p.name for p in live.iterdir()) == [LOCK, PREDICTIONS]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_finished_run_missing_an_answer_answers_it_again(make_config) -> None:
+    cfg = make_config("model=tiny_llama", "dataset.limit=10", "experiment.name=gap")
+    first = run_experiment(cfg, show_progress=False)
+    path = output_dir(cfg) / PREDICTIONS
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3] + lines[4:]))  # one answer deleted by hand, results.json still there
+    again = run_experiment(cfg, show_progress=False)
+    assert again["n_examples"] == 10 and len(read_predictions(path)) == 10
+    assert again["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("entry", ["notes.txt", "sweeps_of_someone/", "sweep.json"])
+def test_a_folder_that_is_not_a_run_folder_is_refused(entry, in_tmp, tmp_path, capsys) -> None:
+    folder = tmp_path / "out" / "taken"
+    folder.mkdir(parents=True)
+    (folder / entry.rstrip("/")).mkdir() if entry.endswith("/") else (folder / entry).write_text("mine")
+    before = sorted(p.name for p in folder.iterdir())
+    code, text = _cli([*in_tmp, "dataset.limit=2", "experiment.name=taken"], capsys)
+    assert code == 2 and "is not a run folder" in _one_error(text) and entry in text
+    assert sorted(p.name for p in folder.iterdir()) == before, "a refused run leaves the folder as it was"
+
+
+def test_the_sweeps_root_cannot_be_taken_or_replaced_by_a_run(in_tmp, tmp_path, capsys) -> None:
+    sweeps = tmp_path / "out" / "sweeps" / "s1" / "trials"
+    sweeps.mkdir(parents=True)
+    code, text = _cli([*in_tmp, "dataset.limit=2", "experiment.name=sweeps", "experiment.replace=true"], capsys)
+    assert code == 2 and "is not a run folder" in _one_error(text)
+    assert sweeps.is_dir() and not list((tmp_path / "out").glob(f"*{REPLACED_MARK}*"))
+
+
+def test_deleting_the_lock_file_does_not_free_a_held_folder(in_tmp, tmp_path, capsys) -> None:
+    folder = tmp_path / "out" / "held"
+    holder = _hold_lock(folder)
+    try:
+        (folder / LOCK).unlink()  # what a user does with a lock that looks stale
+        code, text = _cli([*in_tmp, "dataset.limit=2", "experiment.name=held"], capsys)
+        assert code == 2 and "in use by" in _one_error(text)
     finally:
         holder.kill()
         holder.wait()

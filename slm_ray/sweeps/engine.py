@@ -67,7 +67,7 @@ def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None
     from slm_ray.errors import SlmRayError
     from slm_ray.experiment import build_dataset
     from slm_ray.fingerprints import stable_hash
-    from slm_ray.run_folder import InputsChanged, RunFolder, run_inputs
+    from slm_ray.run_folder import FolderUnusable, InputsChanged, RunFolder, run_inputs
 
     cfg = trial.config
     folder = RunFolder(trial_dir(trial, base))
@@ -82,6 +82,8 @@ def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None
         return "partial" if folder.has_answers() else "new"
     try:
         return folder.state(inputs, replace=cfg.experiment.replace)
+    except FolderUnusable as exc:
+        raise SweepError(f"trial {trial.name}: {exc}") from None
     except InputsChanged as exc:
         raise SweepError(f"trial {trial.name}: {exc} (a new sweep folder: --name NAME)") from None
 
@@ -273,10 +275,13 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the generator and retriever actors.
     """
-    from slm_ray.run_folder import FolderLock
+    from slm_ray.run_folder import PREDICTIONS, RESULTS, FolderLock
 
     base = Path.cwd()
     sweep_abs = (base / plan.sweep_dir).resolve()
+    for name in (PREDICTIONS, RESULTS):
+        if (sweep_abs / name).exists():
+            raise SweepError(f"{sweep_abs} holds a single run's {name}, not a sweep: pass --name <another name>")
     lock = FolderLock(sweep_abs, "sweep").acquire()  # one driver per sweep folder, for its whole run
     try:
         return _run_sweep_locked(plan, base, sweep_abs, address, verbose, worker_env, echo, dashboard)
