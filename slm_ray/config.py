@@ -157,8 +157,11 @@ class PromptConfig(Section):
                     f"{key} has unknown placeholder {{{unknown[0]}}} (valid: "
                     + ", ".join("{" + a + "}" for a in sorted(allowed)) + ")"
                 )
-            if "question" in allowed and "question" not in names:
-                raise ValueError(f"{key} must contain {{question}}")
+            required = {"closed_book": "question", "with_context": "context", "passage": "text"}[key]
+            for needed in ({"question", required} & allowed):
+                if needed not in names:
+                    raise ValueError(f"{key} must contain {{{needed}}} (without it the model never sees the "
+                                     f"{'passages' if needed != 'question' else 'question'})")
         return self
 
 

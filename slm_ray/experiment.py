@@ -221,9 +221,10 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
             assert generator is not None
             segment["model_info"] = generator.describe()
             with monitor.phase("model"):
+                built = _build_prompts(cfg, generator, pending, contexts)
                 bar = tqdm(total=len(examples), initial=len(session.done), desc=cfg.run_name, unit="q",
                            disable=not show_progress)
-                _generate(cfg, generator, pending, contexts, session, segment, tracker, monitor, progress, bar)
+                _generate(cfg, generator, pending, built, contexts, session, segment, tracker, monitor, progress, bar)
             segment["model_info"] = generator.describe()
             segment["finished"] = now_iso()
             session.save_segment(segment)
@@ -299,15 +300,27 @@ def log_to_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample],
+def _build_prompts(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample],
+                   contexts: list[list[Passage] | None]) -> list[tuple[str, bool]]:
+    """Every pending example's prompt (and whether its context was cut), before the first batch: a
+    question too long for the prompt budget is refused here, naming it."""
+    from slm_ray.generation.prompts import PromptTooLong, build_prompt
+
+    built = []
+    for example, context in zip(pending, contexts):
+        try:
+            built.append(build_prompt(example.question, context, cfg.prompt, generator, cfg.model.max_prompt_tokens))
+        except PromptTooLong as exc:
+            raise PromptTooLong(f"example {example.id!r} of dataset={cfg.dataset.name}: {exc} (shorten that "
+                                "question, drop it, or raise model.max_prompt_tokens)") from None
+    return built
+
+
+def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample], built: list[tuple[str, bool]],
               contexts: list[list[Passage] | None], session: RunSession, segment: dict[str, Any], tracker: Any,
               monitor: MemoryMonitor, progress: ProgressCallback | None, bar: Any) -> None:
     """Answer ``pending`` batch by batch, appending each batch to predictions.jsonl as it lands and
     saving the segment's counts, time and memory peaks with it."""
-    from slm_ray.generation.prompts import build_prompt
-
-    built = [build_prompt(e.question, c, cfg.prompt, generator, cfg.model.max_prompt_tokens)
-             for e, c in zip(pending, contexts)]
     retrieved = cfg.experiment_mode == "retriever_context"
     total = len(session.done) + len(pending)
     last_logged = 0

@@ -466,3 +466,15 @@ def test_deleting_the_lock_file_does_not_free_a_held_folder(in_tmp, tmp_path, ca
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("question,expected", [("word " * 3000, "tokens without any passage"),
+                                                ("x" * 200_000, "characters long")])
+def test_a_question_longer_than_the_prompt_budget_is_refused(question, expected, in_tmp, tmp_path, capsys) -> None:
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"question": "a short one", "answers": ["a"]}) + "\n"
+                    + json.dumps({"question": question, "answers": ["a"]}) + "\n")
+    code, text = _cli([*in_tmp, "dataset=file", f"dataset.path={data}", "model.max_prompt_tokens=2048"], capsys)
+    error = _one_error(text)
+    assert code == 2 and "example 'file-1'" in error and expected in error and "max_prompt_tokens=2048" in error
+    assert not (tmp_path / "out").exists()
