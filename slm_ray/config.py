@@ -11,7 +11,7 @@ import importlib
 import string
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slm_ray.errors import ConfigError
 from slm_ray.names import check_name
@@ -30,7 +30,12 @@ def _folder_name(value: str | None) -> str | None:
     return None if value is None else check_name(value)
 
 
-FolderName = Annotated[str, AfterValidator(_folder_name)]
+def _number_as_text(value: Any) -> Any:
+    """``experiment.name=123`` reaches us as an int: a number is a fine name."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+FolderName = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_folder_name)]
 
 
 class ModelConfig(Section):
@@ -186,6 +191,15 @@ class ExperimentSection(Section):
     retrieval_batch_size: int = Field(default=256, ge=1)
     #: Start over when the inputs changed: the old folder is moved aside to ``<name>.replaced-<time>``.
     replace: bool = False
+
+    @field_validator("output_dir", "cache_dir")
+    @classmethod
+    def _path_fits(cls, value: str) -> str:
+        """A path the file system can hold: no part over 255 bytes (the limit of common file systems)."""
+        for part in value.replace("\\", "/").split("/"):
+            if len(part.encode("utf-8")) > 255:
+                raise ValueError(f"has a part of {len(part.encode('utf-8'))} bytes (at most 255 per folder name)")
+        return value
 
 
 class ExperimentConfig(Section):

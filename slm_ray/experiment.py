@@ -168,6 +168,7 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
     try:
         session.check_examples(examples)
         if session.complete:
+            session.repair_config()
             log.info("%s is complete (%d examples): nothing to run, nothing rewritten; results in %s",
                      cfg.run_name, len(session.done), session.path / RESULTS)
             results = session.folder.raw_results()

@@ -59,7 +59,10 @@ def _run(overrides: list[str], print_config: bool) -> int:
     if len({c.run_name for c in configs}) < len(configs):
         from slm_ray.errors import ConfigError
 
-        raise ConfigError("the combinations share one experiment.name; drop experiment.name to get one per run")
+        if configs[0].experiment.name:
+            raise ConfigError("the combinations share one experiment.name; drop experiment.name to get one per run")
+        raise ConfigError("the combinations share one default name (it names model, dataset, mode, retriever and k "
+                          "only): run them one at a time, each with its own experiment.name")
     check_run(configs)  # models, devices: refused before anything loads or is written
     from slm_ray.experiment import output_dir, run_experiment
 

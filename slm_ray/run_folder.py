@@ -566,6 +566,12 @@ class RunSession:
         except OSError as exc:
             raise _unusable(self.path, exc) from None
 
+    def repair_config(self) -> None:
+        """A finished run whose config.json is unreadable gets it back (``report --verify`` needs it)."""
+        if self.folder.config() is None:
+            log.warning("%s was unreadable: written again from this run's config", self.folder.file(CONFIG))
+            atomic_write_json(self.folder.file(CONFIG), self.config)
+
     def _rewrite_clean(self) -> None:
         path = self.folder.file(PREDICTIONS)
         if path.is_file():

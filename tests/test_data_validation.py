@@ -460,3 +460,24 @@ def test_s3_corpus_error_names_the_uri(s3_client, s3_bucket: str, make_config, t
     uri = f"s3://{s3_bucket}/corpus/passages.jsonl"
     error = _corpus_refused(make_config, uri, f"experiment.cache_dir={tmp_path / 'cache'}")
     assert error == f"{uri}:2: 'text' is empty (expected a non-empty string)"
+
+
+def test_a_python_list_in_a_csv_cell_is_a_list_of_answers(tmp_path) -> None:
+    from slm_ray.data.files import FileDataset
+
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answers\nq1,\"['a b', 'c']\"\nq2,\"[not a list\"\n")
+    examples = FileDataset("qa", str(path), {}, cache_dir=str(tmp_path)).load()
+    assert [e.answers for e in examples] == [("a b", "c"), ("[not a list",)]
+
+
+@pytest.mark.parametrize("answers", [["The"], ["a", "..."], "an"])
+def test_answers_that_normalisation_empties_are_kept_with_a_warning(answers, tmp_path, caplog) -> None:
+    from slm_ray.data.files import FileDataset
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "q", "answers": ["fine"]}) + "\n"
+                    + json.dumps({"question": "q2", "answers": answers}) + "\n")
+    caplog.set_level("WARNING", logger="slm_ray")
+    assert len(FileDataset("qa", str(path), {}, cache_dir=str(tmp_path)).load()) == 2
+    assert "1 example(s) have only answers that normalisation empties (e.g. 'qa-1'" in caplog.text

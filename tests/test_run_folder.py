@@ -344,7 +344,7 @@ def test_a_torn_last_line_is_dropped_and_answered_again(make_config) -> None:
 def test_an_output_dir_that_is_a_file_is_one_line(in_tmp, tmp_path, capsys) -> None:
     (tmp_path / "out").write_text("not a folder")
     code, text = _cli([*in_tmp, "dataset.limit=1"], capsys)
-    assert code == 2 and "a file of that name is in the way" in _one_error(text)
+    assert code == 2 and "out is a file, not a folder" in _one_error(text)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -478,3 +478,27 @@ def test_a_question_longer_than_the_prompt_budget_is_refused(question, expected,
     error = _one_error(text)
     assert code == 2 and "example 'file-1'" in error and expected in error and "max_prompt_tokens=2048" in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("experiment.output_dir=" + "e" * 300, "has a part of 300 bytes"),
+    ("experiment.cache_dir=afile", "is a file, not a folder"),
+    ("experiment.output_dir=afile/out", "is a file, not a folder"),
+    ("prompt.with_context='Q: {question}'", "with_context must contain {context}"),
+    ("prompt.passage=fixed", "passage must contain {text}"),
+])
+def test_unusable_folders_and_prompts_that_hide_the_passages_are_one_line(override, expected, in_tmp, tmp_path,
+                                                                          capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    code, text = _cli([*in_tmp, "experiment_mode=retriever_context", override], capsys)
+    assert code == 2 and expected in _one_error(text)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_number_is_a_fine_experiment_name_and_a_damaged_config_json_is_repaired(in_tmp, tmp_path, capsys) -> None:
+    args = [*in_tmp, "dataset.limit=2", "experiment.name=123"]
+    assert _cli(args, capsys)[0] == 0
+    (tmp_path / "out" / "123" / "config.json").write_text("[]")
+    assert _cli(args, capsys)[0] == 0
+    assert json.loads((tmp_path / "out" / "123" / "config.json").read_text())["experiment"]["name"] == "123"

@@ -229,3 +229,19 @@ def test_capacity_counts_workers_next_to_retriever_actors(monkeypatch: pytest.Mo
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
     assert _capacity({(1.0, 0.0)}, 1, (1.0, 0.0)) == 1          # a retriever actor takes a CPU
     assert _capacity({(2.0, 0.0)}, 2, (1.0, 0.0)) == 0
+
+
+def test_an_edited_cached_retrieval_is_dropped_and_searched_again(tmp_path: Path, small_corpus: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _service(tmp_path, small_corpus, cache)
+    hits = first.retrieve(["who wrote the song", "where is the capital"], 2)
+    first.monitor.stop()
+    cache_file = next((cache / "retrievals").glob("*-k2.jsonl"))
+    lines = cache_file.read_text().splitlines()
+    edited = json.loads(lines[0])
+    edited["hits"] = [[39, 9.0], [38, 8.0]]  # other passages, the line still valid JSON
+    cache_file.write_text("\n".join([json.dumps(edited), *lines[1:]]) + "\n")
+    second = _service(tmp_path, small_corpus, cache)
+    assert second.retrieve(["who wrote the song", "where is the capital"], 2) == hits
+    assert second.queries_searched == 1 and second.queries_from_cache == 1
+    second.monitor.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Generator
@@ -10,6 +12,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+
+log = logging.getLogger("slm_ray.data")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,17 @@ class QAExample:
     question: str
     answers: tuple[str, ...]
     gold_passages: tuple[Passage, ...] = field(default=())
+
+
+def _warn_unmatchable(name: str, examples: list[QAExample]) -> None:
+    """Say how many examples no prediction can ever match: every gold answer is emptied by the
+    metrics' normalisation ("The", "...", or "A" as in vitamin A, an article to SQuAD's rules)."""
+    from slm_ray.evaluation.metrics import normalize_answer
+
+    empty = [e for e in examples if not any(normalize_answer(a) for a in e.answers)]
+    if empty:
+        log.warning("dataset %s: %d example(s) have only answers that normalisation empties (e.g. %r: %r), "
+                    "so every metric is 0 for them", name, len(empty), empty[0].id, list(empty[0].answers))
 
 
 class BaseDataset(ABC):
@@ -90,10 +106,12 @@ class BaseDataset(ABC):
         read and checked first.
         """
         if self.limit is not None and not self.sample:
-            with closing(self.iter_examples()) as examples:
-                return list(islice(examples, self.limit))
-        examples = self.read_all()
-        if self.limit is None or self.limit >= len(examples):
-            return examples
-        chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
-        return [examples[i] for i in chosen]
+            with closing(self.iter_examples()) as rows:
+                examples = list(islice(rows, self.limit))
+        else:
+            examples = self.read_all()
+            if self.limit is not None and self.limit < len(examples):
+                chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
+                examples = [examples[i] for i in chosen]
+        _warn_unmatchable(self.name, examples)
+        return examples

@@ -7,13 +7,15 @@ collide with the first's). Invalid rows are refused, never skipped: a run measur
 
 Answers, the same for every dataset:
 
-* a string is one answer, or several joined with ``|``, or a JSON list written in a string
-  (``["a", "b"]``, as CSV cells carry lists);
+* a string is one answer, or several joined with ``|``, or a list written in a string as JSON
+  (``["a", "b"]``) or as a Python literal (``['a', 'b']``, as pandas writes list columns to CSV);
 * a number (``1945``, ``3.5``) is one answer, written as Python writes it (``"1945"``): years and
   counts are common gold answers and a JSON writer may well leave them unquoted;
 * a list (JSON array, Parquet list) holds strings or numbers; blank strings in it are ignored;
 * refused: null (NaN), booleans, objects, a list holding null, booleans, objects or lists, and
-  anything that leaves no answer (an empty list or string, a list of blanks).
+  anything that leaves no answer (an empty list or string, a list of blanks). Answers that the
+  metrics' normalisation empties ("The", "...", but also "A", as in vitamin A) are kept, and
+  ``BaseDataset.load`` warns how many examples can never be matched.
 """
 
 from __future__ import annotations
@@ -138,11 +140,11 @@ def identifier(row: Row, column: str, role: str | None = None) -> str:
 def answers(row: Row, column: str, role: str | None = None) -> tuple[str, ...]:
     """The gold answers of a row, by the rules in this module's docstring."""
     value = field(row, column)
+    found: tuple[str, ...] | str = ()
     if type(value) is list and all(type(a) is str for a in value):  # the common case first
-        found: tuple[str, ...] | str = tuple(a for a in value if a.strip())
-        if found:
-            return found
-    found = _answers_or_problem(_plain(value))
+        found = tuple(a for a in value if a.strip())
+    if not found:
+        found = _answers_or_problem(_plain(value))
     if isinstance(found, str):
         raise _refuse(row.where, label(column, role), found, ANSWERS_EXPECTED)
     return found
@@ -159,7 +161,9 @@ def _answers_or_problem(value: Any) -> tuple[str, ...] | str:
         try:
             value = json.loads(stripped)
         except json.JSONDecodeError:
-            return (stripped,)  # an answer that happens to start with "["
+            value = _python_list(stripped)  # "['a', 'b']": how pandas writes a list column to CSV
+            if value is None:
+                return (stripped,)  # an answer that happens to start with "["
     if _is_null(value) or isinstance(value, (bool, dict)):
         return f"is {describe(value)}"
     if isinstance(value, (int, float)):
@@ -175,6 +179,17 @@ def _answers_or_problem(value: Any) -> tuple[str, ...] | str:
     if found:
         return found
     return "is an empty list" if not value else "holds only blank strings"
+
+
+def _python_list(text: str) -> list[Any] | None:
+    """A list written as a Python literal (``['a', 'b']``), or None when ``text`` is not one."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
 
 
 class UniqueIds:

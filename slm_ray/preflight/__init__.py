@@ -17,7 +17,22 @@ from slm_ray.errors import PreflightError
 
 def check_run(configs: Sequence[Any]) -> None:
     """Refuse the configs of ``slm_ray.run`` (models load in this process) if any cannot run here."""
-    _raise_if(_model_problems(configs, on_this_machine=True))
+    _raise_if(folder_problems(configs) + _model_problems(configs, on_this_machine=True))
+
+
+def folder_problems(configs: Iterable[Any]) -> list[str]:
+    """``experiment.output_dir`` / ``cache_dir`` (or a folder above them) that is a file."""
+    from pathlib import Path
+
+    problems = []
+    for key in ("output_dir", "cache_dir"):
+        for value in dict.fromkeys(getattr(c.experiment, key) for c in configs):
+            for folder in (Path(value), *Path(value).parents):
+                if folder.exists():
+                    if not folder.is_dir():
+                        problems.append(f"experiment.{key}={value!r}: {folder} is a file, not a folder")
+                    break
+    return problems
 
 
 def check_sweep(plan: Any, address: str | None) -> None:
@@ -28,7 +43,7 @@ def check_sweep(plan: Any, address: str | None) -> None:
     configs = [trial.config for trial in plan.trials]
     target = address or os.environ.get("RAY_ADDRESS")
     on_cluster = bool(target) and target != "local"
-    problems = _model_problems(configs, on_this_machine=not on_cluster)
+    problems = folder_problems(configs) + _model_problems(configs, on_this_machine=not on_cluster)
     address_problem = ray_address_problem(address)
     _raise_if(problems + ([address_problem] if address_problem else []))
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -145,26 +146,32 @@ class RetrieverService:
         return self._memo[k]
 
     def _read_cache(self, k: int) -> dict[str, list[tuple[int, float]]]:
-        """Answers saved by earlier runs; a torn or foreign line is dropped (and the file cleaned)."""
+        """Answers saved by earlier runs. Each line carries a CRC-32 of its content: a torn, foreign or
+        edited line is dropped (and the file cleaned), and its question searched again."""
         path = self._cache_path(k)
         if not path.is_file():
             return {}
         rows: dict[str, list[tuple[int, float]]] = {}
-        clean = True
-        text = path.read_text(encoding="utf-8")
+        dropped = 0
+        text = path.read_text(encoding="utf-8", errors="replace")
         for line in text.splitlines():
             try:
                 record = json.loads(line)
                 hits = [(int(i), float(s)) for i, s in record["hits"]]
+                if record["crc"] != _line_crc(str(record["q"]), hits):
+                    raise ValueError("checksum mismatch")
                 if any(not 0 <= i < len(self.passages) for i, _ in hits):
                     raise ValueError("passage index out of range")
                 rows[str(record["q"])] = hits
             except (ValueError, KeyError, TypeError):
-                clean = False
-        if not clean or (text and not text.endswith("\n")):
+                dropped += 1
+        if dropped or (text and not text.endswith("\n")):
             from slm_ray.io import atomic_write_text
 
-            atomic_write_text(path, "".join(json.dumps({"q": q, "hits": h}) + "\n" for q, h in rows.items()))
+            if dropped:
+                log.warning("retriever %s: dropped %d damaged cached answer(s) in %s; they are searched again",
+                            self.key, dropped, path)
+            atomic_write_text(path, "".join(_cache_line(q, h) for q, h in rows.items()))
         log.info("retriever %s: %d cached answers for k=%d in %s", self.key, len(rows), k, path)
         return rows
 
@@ -172,7 +179,7 @@ class RetrieverService:
         """Append whole lines in one write: a crash leaves at most one torn line, dropped on read."""
         path = self._cache_path(k)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps({"q": q, "hits": h}, ensure_ascii=False) + "\n" for q, h in rows.items())
+        text = "".join(_cache_line(q, h) for q, h in rows.items())
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -250,6 +257,15 @@ class RetrieverClient:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"actor_name": self.actor_name, "namespace": self.namespace, "_handle": None}
+
+
+def _line_crc(query: str, hits: list[tuple[int, float]]) -> int:
+    return zlib.crc32(json.dumps([query, hits], ensure_ascii=False).encode("utf-8"))
+
+
+def _cache_line(query: str, hits: list[tuple[int, float]]) -> str:
+    hits = [(int(i), float(s)) for i, s in hits]
+    return json.dumps({"q": query, "hits": hits, "crc": _line_crc(query, hits)}, ensure_ascii=False) + "\n"
 
 
 def _node_id() -> str | None:
