@@ -51,8 +51,10 @@ def _verified(folder: Path) -> str | None:
 
 def _problem(folder: Path, load: Callable[[Path], None] | None) -> str | None:
     """Why ``folder`` cannot be used (None when it can); ``load`` is tried only on a sound folder."""
-    if not folder.is_dir():
+    if not folder.exists():
         return "absent"
+    if not folder.is_dir():
+        return "a file, not a folder"
     problem = _verified(folder)
     if problem is None and load is not None:
         try:
@@ -69,10 +71,17 @@ def _set_aside(folder: Path) -> Path:
     prefix = f".{folder.name}.bad-"
     for stale in folder.parent.iterdir():
         if stale.name.startswith(prefix):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
     aside = folder.with_name(prefix + uuid.uuid4().hex[:8])
     folder.rename(aside)
     return aside
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
@@ -101,5 +110,5 @@ def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
                 write_manifest(staging)  # last: it covers every file written above
         finally:
             if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+                _remove(aside)
     return True

@@ -337,3 +337,15 @@ def test_an_entry_is_checked_by_content_once_per_process_until_a_file_changes(tm
     (folder / "w.bin").write_bytes(b"y" * 4096)  # rewritten: size equal, signature not
     assert cache_entry.load_or_build(folder, lambda staging: (staging / "w.bin").write_bytes(b"x" * 4096)) is True
     assert (folder / "w.bin").read_bytes() == b"x" * 4096
+
+
+def test_a_damaged_tiny_tokenizer_is_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from slm_ray.generation.tiny import build_tokenizer
+
+    first = build_tokenizer(tmp_path)
+    text = "who wrote the song"
+    (tmp_path / "models" / "tiny-tokenizer" / "tokenizer.json").write_text('{"cut": ')
+    caplog.set_level("WARNING", logger="slm_ray")
+    again = build_tokenizer(tmp_path)
+    assert "tiny tokenizer" in caplog.text and "tokenizer.json" in caplog.text
+    assert again(text)["input_ids"] == first(text)["input_ids"]

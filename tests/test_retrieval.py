@@ -129,3 +129,15 @@ def test_dense_index_types_find_the_gold_passage(index_type: str, corpus, tmp_pa
     again, built_again = build_or_load(cfg, small, tmp_path)
     assert not built_again
     assert [h.passage.id for h in again.retrieve([QUESTION], 3)[0]] == [h.passage.id for h in top]
+
+
+def test_a_corpus_of_stopwords_only_is_one_line(tmp_path: Path) -> None:
+    from slm_ray.config import BM25Config
+    from slm_ray.data.base import Passage
+    from slm_ray.errors import DataError
+    from slm_ray.retrieval.base import build_or_load
+
+    passages = [Passage("1", "a the of"), Passage("2", "an and")]
+    with pytest.raises(DataError, match="no passage of the corpus has a word left once stopwords"):
+        build_or_load(BM25Config(), passages, tmp_path)
+    assert not list((tmp_path / "indexes").glob("bm25-*"))

@@ -28,13 +28,20 @@ def _training_text() -> list[str]:
 
 
 def build_tokenizer(cache_dir: str | Path):
-    """A byte-level BPE tokenizer trained on built-in text, cached after the first build."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on built-in text, cached after the first build (a cache
+    entry like the others: checked against its manifest, rebuilt when damaged)."""
+    from transformers import AutoTokenizer
+
+    from slm_ray.cache_entry import load_or_build
 
     folder = Path(cache_dir) / "models" / "tiny-tokenizer"
-    if (folder / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(folder)
+    load_or_build(folder, _train_tokenizer, load=lambda f: AutoTokenizer.from_pretrained(f), what="tiny tokenizer")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _train_tokenizer(staging: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -44,11 +51,7 @@ def build_tokenizer(cache_dir: str | Path):
     tokenizer.train_from_iterator(_training_text(), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                       bos_token=None, chat_template=CHATML_TEMPLATE)
-    from slm_ray.io import atomic_folder
-
-    with atomic_folder(folder) as staging:
-        wrapped.save_pretrained(staging)
-    return AutoTokenizer.from_pretrained(folder)
+    wrapped.save_pretrained(staging)
 
 
 def build_model(architecture: str, vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int):

@@ -34,8 +34,14 @@ class BM25Retriever(BaseRetriever):
         return bm25s.tokenize(texts, stopwords=self.config.stopwords, stemmer=self._stemmer, show_progress=False)
 
     def build(self) -> None:
+        tokens = self._tokenize([passage_text(p) for p in self.passages])
+        if not tokens.vocab:
+            from slm_ray.errors import DataError
+
+            raise DataError(f"no passage of the corpus has a word left once stopwords "
+                            f"(retriever.stopwords={self.config.stopwords!r}) are removed: BM25 has nothing to index")
         self._model = _bm25s().BM25(k1=self.config.k1, b=self.config.b)
-        self._model.index(self._tokenize([passage_text(p) for p in self.passages]), show_progress=False)
+        self._model.index(tokens, show_progress=False)
 
     def save(self, folder: Path) -> None:
         self._model.save(str(folder))
