@@ -77,6 +77,14 @@ def _set_aside(folder: Path) -> Path:
     return aside
 
 
+def _clear_staging_leftovers(folder: Path) -> None:
+    """Staging folders of builds of this entry whose process died (lock held: nobody else is
+    building it now). ``atomic_folder`` names them ``.<name>.<random>``; the lock file is a file."""
+    for stale in folder.parent.iterdir():
+        if stale.name.startswith(f".{folder.name}.") and stale.is_dir() and ".bad-" not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -101,6 +109,7 @@ def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
             return False
         aside = None
         _VERIFIED.pop(folder.resolve(), None)
+        _clear_staging_leftovers(folder)
         if folder.exists():
             log.warning("%s %s failed its check (%s); rebuilding", what, folder, problem)
             aside = _set_aside(folder)

@@ -71,6 +71,9 @@ class ModelConfig(Section):
             raise ValueError("source=gguf_package needs gguf_file (the .gguf file name in the package)")
         if self.source == "tiny" and self.architecture is None:
             raise ValueError("source=tiny needs architecture (llama or qwen3)")
+        if self.source == "tiny" and (self.load_in_8bit or self.attn_implementation == "flash_attention_2"):
+            raise ValueError("the tiny test models are built in float32 with the default attention: "
+                             "load_in_8bit and attn_implementation=flash_attention_2 would be recorded but not applied")
         return self
 
 

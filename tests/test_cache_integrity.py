@@ -349,3 +349,13 @@ def test_a_damaged_tiny_tokenizer_is_trained_again(tmp_path: Path, caplog: pytes
     again = build_tokenizer(tmp_path)
     assert "tiny tokenizer" in caplog.text and "tokenizer.json" in caplog.text
     assert again(text)["input_ids"] == first(text)["input_ids"]
+
+
+def test_the_staging_folder_of_a_killed_build_is_cleared_by_the_next_build(tmp_path: Path) -> None:
+    from slm_ray.cache_entry import load_or_build
+
+    leftover = tmp_path / ".entry.k3j2h1xq"  # what atomic_folder leaves when its process is killed
+    leftover.mkdir()
+    (leftover / "half.bin").write_bytes(b"x")
+    assert load_or_build(tmp_path / "entry", lambda staging: (staging / "w.bin").write_bytes(b"w")) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".entry.lock", "entry"]

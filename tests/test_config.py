@@ -72,6 +72,8 @@ def test_overrides_reach_the_typed_config() -> None:
     (["prompt.closed_book='Q: {question} {oops}'"], "unknown placeholder {oops}"),
     (["prompt.with_context='no question here {context}'"], "must contain {question}"),
     (["model.batch_size=abc"], "model.batch_size='abc'"),
+    (["model=tiny_llama", "model.load_in_8bit=true"], "would be recorded but not applied"),
+    (["model=tiny_qwen3", "model.attn_implementation=flash_attention_2"], "would be recorded but not applied"),
     (["dataset=file"], "missing value for dataset.path"),
     (["model=tiny_llama", "model.architecture=null"], "needs architecture"),
     (["=3"], "bad override in =3"),
