@@ -26,8 +26,8 @@ from slm_ray.errors import SlmRayError
 from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.generation.base import BaseModel
-from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, RunFolder, RunSession, aggregate_segments,
-                                 now_iso, run_inputs)
+from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
+                                 RunSession, aggregate_segments, now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
 from slm_ray.tracking.base import mask_secrets
 
@@ -154,17 +154,26 @@ def _running(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, retriever: Retriever | None = None,
-                   progress: ProgressCallback | None = None, show_progress: bool = True) -> dict[str, Any]:
+                   progress: ProgressCallback | None = None, show_progress: bool = True,
+                   expected_inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) one experiment and return its results.json content.
 
     ``generator``/``retriever`` are borrowed when given (kept loaded by the caller) and built here
     otherwise; ``generator`` may be a function of the config, called only when there is work left.
     ``progress`` receives running metrics after every batch. The run folder is locked while this
-    runs; a finished run is returned as it is, without writing anything.
+    runs; a finished run is returned as it is, without writing anything. ``expected_inputs``: what a
+    sweep's driver checked before it started (a sweep trial): data changed since then is refused.
     """
     examples = build_dataset(cfg)
     masked = mask_secrets(cfg.model_dump(by_alias=True))
-    session = RunFolder(output_dir(cfg)).open(run_inputs(cfg, examples), masked, cfg.experiment.replace)
+    inputs = run_inputs(cfg, examples)
+    if expected_inputs:
+        changes = inputs.changes_from(Inputs.from_json(expected_inputs))
+        if changes:
+            raise InputsChanged(f"the inputs of {cfg.run_name} changed after the sweep started: {changes[0]}; "
+                                "run the sweep again once the data stays put")
+    session = RunFolder(output_dir(cfg)).open(inputs, masked, cfg.experiment.replace,
+                                              within_sweep=expected_inputs is not None)
     try:
         session.check_examples(examples)
         if session.complete:

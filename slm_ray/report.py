@@ -97,6 +97,11 @@ def verify(folder: str | Path) -> tuple[int, list[str]]:
                   if p.is_dir() and (p / RESULTS).is_file() and REPLACED_MARK not in p.name}
         sweep = True
     else:
+        from slm_ray.run_folder import RunFolder
+
+        if RunFolder(folder).has_answers():
+            raise SlmRayError(f"{folder} is a run that is not finished ({RunFolder(folder).count_predictions()} "
+                              "predictions, no results.json): run the same command again to complete it")
         raise SlmRayError(f"{folder} holds neither results.json nor trials/: nothing to verify")
     problems: list[str] = []
     recomputed: dict[str, dict[str, Any]] = {}
@@ -130,6 +135,7 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     examples = _dataset_examples(raw_config)
     order = None if examples is None else [e.id for e in examples]
     if examples is not None:
+        problems.extend(f"{name}: {change}" for change in _input_changes(run, raw_config, examples))
         for example in examples:
             row = unique.get(example.id)
             if row is not None and (row.get("question") != example.question
@@ -175,6 +181,23 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     return {"n_examples": len(ordered), "metrics": metrics}
 
 
+def _input_changes(run: Any, raw_config: dict[str, Any], examples: list[Any]) -> list[str]:
+    """How the run's recorded inputs (inputs.json) differ from its config and data as they are now."""
+    from slm_ray.config import ExperimentConfig
+    from slm_ray.run_folder import INPUTS, run_inputs
+
+    stored = run.inputs()
+    if stored is None:
+        return [f"{INPUTS} is missing or unreadable: what the answers were made from is unknown"]
+    try:
+        now = run_inputs(ExperimentConfig.model_validate(raw_config), examples)
+    except Exception as exc:  # a corpus on another machine: the dataset checks below still run
+        print(f"note: inputs not recomputable here ({type(exc).__name__}); checking the dataset only", file=sys.stderr)
+        return []
+    return [f"the answers were made from other inputs than its config and data now: {change}"
+            for change in now.changes_from(stored)]
+
+
 def _dataset_examples(raw_config: dict[str, Any]) -> list[Any] | None:
     """The examples of the trial's dataset in its order (None when the dataset cannot be read here)."""
     from slm_ray.config import ExperimentConfig
@@ -186,6 +209,30 @@ def _dataset_examples(raw_config: dict[str, Any]) -> list[Any] | None:
         print(f"note: dataset not readable here ({type(exc).__name__}); checking predictions as written",
               file=sys.stderr)
         return None
+
+
+def _verify_plan(folder: Path, recomputed: dict[str, Any], in_summary: set[str], problems: list[str]) -> None:
+    """Every trial of sweep.json has results (summary.json or not), made with the plan's settings."""
+    from slm_ray.fingerprints import stable_hash
+    from slm_ray.run_folder import RunFolder
+
+    try:
+        planned = json.loads((folder / "sweep.json").read_text(encoding="utf-8")).get("trials") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    for trial in planned:
+        name = trial.get("name")
+        if name in recomputed:
+            inputs = RunFolder(folder / "trials" / name).inputs()
+            expected = trial.get("answer_settings")
+            if expected and inputs is not None and stable_hash(inputs.settings) != expected:
+                problems.append(f"{name}: its answers were made with other settings than the sweep's plan "
+                                "(a run with other overrides wrote into its folder?)")
+        elif name not in in_summary:
+            run = RunFolder(folder / "trials" / name)
+            state = (f"not finished ({run.count_predictions()} predictions)" if run.has_answers()
+                     else "not run, or its folder is missing")
+            problems.append(f"{name}: planned in sweep.json but {state}: run the sweep again")
 
 
 def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problems: list[str]) -> None:
@@ -214,6 +261,7 @@ def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problem
             trial = folder / "trials" / name
             why = "its folder is missing" if not trial.is_dir() else "its results.json is missing"
             problems.append(f"{name}: listed in summary.json as ok, but {why} ({trial})")
+    _verify_plan(folder, recomputed, set(sources.get("summary.json") or {}), problems)
     for source, rows in sources.items():
         for name, values in recomputed.items():
             row = rows.get(name)

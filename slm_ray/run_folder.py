@@ -200,6 +200,30 @@ class FolderLock:
         self._fd = None
 
 
+def holder_of(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock right now (None when nobody does), without taking it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_text(folder / LOCK)
+    finally:
+        os.close(fd)  # closing drops a shared lock taken for the probe
+    return None
+
+
+def running_sweep_of(trial_folder: Path) -> str | None:
+    """For a folder ``<sweep>/trials/<name>`` of a sweep that is running now: the sweep and its holder."""
+    sweep = trial_folder.parent.parent
+    if trial_folder.parent.name != "trials" or not (sweep / "sweep.json").is_file():
+        return None
+    holder = holder_of(sweep)
+    return None if holder is None else f"{sweep} (held by {holder})"
+
+
 # --- prediction lines ------------------------------------------------------------------------------
 
 
@@ -489,8 +513,14 @@ class RunFolder:
                 return entry.name + ("/" if entry.is_dir() else "")
         return None
 
-    def open(self, inputs: Inputs, config: dict[str, Any], replace: bool = False) -> "RunSession":
-        """Lock the folder (creating it) and check that its answers belong to ``inputs``."""
+    def open(self, inputs: Inputs, config: dict[str, Any], replace: bool = False,
+             within_sweep: bool = False) -> "RunSession":
+        """Lock the folder (creating it) and check that its answers belong to ``inputs``. A trial
+        folder of a sweep that is running belongs to that sweep's workers (``within_sweep``) only."""
+        sweep = None if within_sweep else running_sweep_of(self.path)
+        if sweep:
+            raise FolderInUse(f"{self.path} is a trial of the sweep in {sweep}, which is running: wait for it to "
+                              "finish, or use another experiment.name")
         lock = FolderLock(self.path, "run").acquire()
         try:
             foreign = self.foreign_entry()

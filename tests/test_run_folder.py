@@ -502,3 +502,32 @@ def test_a_number_is_a_fine_experiment_name_and_a_damaged_config_json_is_repaire
     (tmp_path / "out" / "123" / "config.json").write_text("[]")
     assert _cli(args, capsys)[0] == 0
     assert json.loads((tmp_path / "out" / "123" / "config.json").read_text())["experiment"]["name"] == "123"
+
+
+def test_a_run_into_a_trial_folder_of_a_running_sweep_is_refused(in_tmp, tmp_path, capsys) -> None:
+    sweep = tmp_path / "out" / "sweeps" / "busy"
+    (sweep / "trials").mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    args = [*in_tmp, "dataset.limit=2", f"experiment.output_dir={sweep / 'trials'}", "experiment.name=t1"]
+    holder = _hold_lock(sweep)  # the sweep's driver
+    try:
+        code, text = _cli(args, capsys)
+        assert code == 2 and "is a trial of the sweep" in _one_error(text) and f"pid {holder.pid}" in text
+        assert not (sweep / "trials" / "t1").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _cli(args, capsys)[0] == 0, "once the sweep is over, a trial can be run alone (as --cfg prints it)"
+
+
+def test_a_sweep_trial_refuses_data_changed_since_the_driver_checked_it(make_config, tmp_path) -> None:
+    from slm_ray.run_folder import run_inputs
+    from slm_ray.experiment import build_dataset
+
+    data = _qa(tmp_path / "qa.jsonl", ["q one", "q two"])
+    cfg = make_config("model=tiny_llama", "dataset=file", f"dataset.path={data}", "experiment.name=pinned")
+    checked = run_inputs(cfg, build_dataset(cfg)).to_json()
+    _qa(data, ["q one", "q two, edited while the sweep ran"])
+    with pytest.raises(InputsChanged, match="changed after the sweep started: the examples"):
+        run_experiment(cfg, show_progress=False, expected_inputs=checked)
+    assert not output_dir(cfg).exists()

@@ -212,6 +212,24 @@ grid:
     assert f"{rc.name}: listed in summary.json as ok, but its folder is missing" in err
     assert f"{oc.name}: the trial is not finished (pending)" in err
 
+    # without summary.json, the plan in sweep.json says which trials must be there
+    for name in ("summary.json", "summary.csv"):
+        (sweep_dir / name).unlink()
+    assert report_main(["--verify", str(sweep_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"{rc.name}: planned in sweep.json but not run, or its folder is missing" in err
+
+    # a run with other settings wrote into a trial folder: results exist, yet they are not the plan's
+    other = load_sweep(sweep, ["model.max_new_tokens=3", "experiment.replace=true"]).trials[2]
+    _run_tiny(other, sweep_cache_dir)
+    assert report_main(["--verify", str(sweep_dir)]) == 1
+    assert f"{nc.name}: its answers were made with other settings than the sweep's plan" in capsys.readouterr().err
+
+    # the latest attempt failed: the summary says failed even though results.json is there
+    atomic_write_json(sweep_dir / "trials" / nc.name / "trial.json", {"status": "failed", "error": "InputsChanged: x"})
+    rows = {r["trial"]: r for r in write_summary(sweep_dir)["rows"]}
+    assert rows[nc.name]["status"] == "failed"
+
 
 def test_capacity_counts_workers_next_to_retriever_actors(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray

@@ -142,7 +142,7 @@ class GeneratorWorker:
             pool.push.remote(payload["name"], clean, lines)
 
         results = run_experiment(cfg, generator=self.generator, retriever=retriever, progress=progress,
-                                 show_progress=False)
+                                 show_progress=False, expected_inputs=payload.get("inputs") or {})
         files = None
         if mirror:
             files = {name: (out / name).read_text(encoding="utf-8") for name in (*TRIAL_FILES, PREDICTIONS)

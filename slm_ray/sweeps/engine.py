@@ -56,13 +56,15 @@ def trial_dir(trial: Trial, base: Path) -> Path:
     return (base / trial.config.experiment.output_dir / trial.name).resolve()
 
 
-def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None) -> str:
+def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None,
+                checked: dict[str, dict[str, Any]] | None = None) -> str:
     """``complete`` (its folder holds results for these very inputs), ``partial`` (answers to resume)
     or ``new``. A folder holding answers for other inputs (the sweep file, the overrides or the data
     changed) is refused before anything runs, unless ``experiment.replace=true``.
 
     ``datasets`` memoises loaded examples by dataset config across the trials of a sweep. A dataset
     the driver cannot read leaves the decision to the trial (it fails alone, with that error).
+    ``checked`` receives the inputs checked for each trial: its worker refuses data changed since.
     """
     from slm_ray.errors import SlmRayError
     from slm_ray.experiment import build_dataset
@@ -77,6 +79,8 @@ def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None
         if key not in datasets:
             datasets[key] = build_dataset(cfg)
         inputs = run_inputs(cfg, datasets[key])
+        if checked is not None:
+            checked[trial.name] = inputs.to_json()
     except SlmRayError as exc:
         log.warning("trial %s: %s", trial.name, exc)
         return "partial" if folder.has_answers() else "new"
@@ -193,6 +197,18 @@ def _seed_files(head: Path) -> dict[str, str]:
             if (head / name).is_file()}
 
 
+def _adopt_completed_elsewhere(head: Path) -> None:
+    """A trial whose last sweep attempt failed but whose folder now holds results for the sweep's
+    very inputs (completed with ``python -m slm_ray.run``, as ``--cfg`` prints it): record it as ok."""
+    try:
+        record = json.loads((head / TRIAL_RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and record.get("status") == "failed":
+        _write_record(head, {**record, "status": "ok", "error": None,
+                             "note": f"completed outside the sweep after a failed attempt ({record.get('error')})"})
+
+
 def _write_record(head: Path, record: dict[str, Any]) -> None:
     atomic_write_json(head / TRIAL_RECORD, record)
 
@@ -238,9 +254,10 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
             result = trial.last_result or {}
+            speed = result.get("examples_per_second")
             echo(f"  [{self.done}/{len(names)}] ok     {self._name(trial)}: token recall "
                  f"{result.get('token_recall', float('nan')):.3f} on {result.get('actor')}, "
-                 f"{result.get('examples_per_second') or 0:.2f} ex/s")
+                 + (f"{speed:.2f} ex/s" if speed else "speed unknown"))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
@@ -293,8 +310,12 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
                       worker_env: dict[str, str] | None, echo: Callable[[str], None],
                       dashboard: bool | None) -> dict[str, Any]:
     datasets: dict[str, Any] = {}
-    states = {t.name: trial_state(t, base, datasets) for t in plan.trials}
+    checked: dict[str, dict[str, Any]] = {}
+    states = {t.name: trial_state(t, base, datasets, checked) for t in plan.trials}
     del datasets
+    for trial in plan.trials:
+        if states[trial.name] == "complete":
+            _adopt_completed_elsewhere(trial_dir(trial, base))
     pending = [t for t in plan.trials if states[t.name] != "complete"]
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -316,7 +337,7 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
         echo(f"sweep {plan.name}: {len(pending)} of {len(plan.trials)} trials to run"
              + (f" ({complete} already complete)" if complete else ""))
         record.update(_run_on_ray(plan, pending, run_id, base, sweep_abs, address, verbose, worker_env, echo,
-                                  prepare_folder, dashboard))
+                                  prepare_folder, dashboard, checked))
     record["finished"] = now_iso()
     record["wall_seconds"] = round(time.perf_counter() - started, 3)
     _write_stats(sweep_abs, plan.name, record)
@@ -329,7 +350,8 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
 def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, sweep_abs: Path,
                 address: str | None, verbose: int, worker_env: dict[str, str] | None,
                 echo: Callable[[str], None], prepare_folder: Callable[[], None],
-                dashboard_wanted: bool | None = None) -> dict[str, Any]:
+                dashboard_wanted: bool | None = None,
+                checked: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     import ray
 
     from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
@@ -379,6 +401,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                 "index": trial.index, "name": trial.name, "config": trial.config.model_dump(by_alias=True),
                 "model_key": trial.model_key, "model_name": trial.config.model.name, "cpus": cpus, "gpus": gpus,
                 "retriever_actor": f"retriever-{key}" if key else None, "sweep_dir": str(plan.sweep_dir),
+                "inputs": (checked or {}).get(trial.name),
             }
         # Start order matters where Ray starts few processes at once (as many as CPUs): the
         # generator workers of the first trials first, then the pool, then the retriever actors.
@@ -508,6 +531,9 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
     if address:
         kwargs["address"] = address
     elif not os.environ.get("RAY_ADDRESS"):  # set for drivers of `ray job submit`: connect there
+        # "local": a Ray of this sweep's own. Without it ray.init joins the last cluster `ray start`
+        # recorded on this machine, or hangs on that record when the cluster is gone.
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = dashboard
     try:
         context = ray.init(**kwargs)

@@ -115,7 +115,15 @@ class Trial:
             "k": cfg.retriever.k if self.uses_retriever else None,
             "axes": self.axes,
             "overrides": list(self.overrides),
+            "answer_settings": self.answer_settings_hash,
         }
+
+    @property
+    def answer_settings_hash(self) -> str:
+        """What the trial's answers must have been made with (``report --verify`` compares it)."""
+        from slm_ray.fingerprints import answer_settings
+
+        return stable_hash(answer_settings(self.config.model_dump(by_alias=True)))
 
 
 @dataclass(frozen=True)

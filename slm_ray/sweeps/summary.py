@@ -86,7 +86,7 @@ def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[s
                mode=planned.get("experiment_mode"), retriever=planned.get("retriever"), k=planned.get("k"),
                node_id=record.get("node_id"), actor=record.get("actor"),
                model_loaded_in_trial=record.get("model_loaded_now"))
-    if results is not None:
+    if results is not None and record.get("status") != "failed":
         retriever_info = results.retriever_info or {}
         retriever_memory = (shared_memory.get(retriever_info.get("index_key"))
                             or retriever_info.get("memory") or results.memory.get("retriever") or {})
@@ -95,7 +95,7 @@ def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[s
                    retriever=results.retriever, k=results.k,
                    retriever_peak_rss_mb=retriever_memory.get("peak_rss_mb"),
                    retriever_peak_gpu_mb=peak_gpu(retriever_memory), status="ok", error=None)
-    elif record.get("status") == "failed":
+    elif record.get("status") == "failed":  # its last attempt failed, whatever files are in its folder
         row.update(status="failed", error=record.get("error"))
     else:
         done = run.count_predictions()
