@@ -254,14 +254,14 @@ def _segment_memory(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for name, comp in summary.get("components", {}).items()}
 
 
-def _memory_file(session: RunSession, summary: dict[str, Any], generated_here: bool) -> dict[str, Any]:
+def _memory_file(session: RunSession, summary: dict[str, Any], generated_here: bool, segments: list[dict[str, Any]],
+                 peaks_by_component: dict[str, dict[str, float]]) -> dict[str, Any]:
     """memory_usage.json: this process's samples when it generated (else the earlier file's), with
     every component's peaks taken as the maxima over all segments of the run."""
     previous = session.folder.memory() if not generated_here else None
     memory = dict(previous or summary)
-    segments = session.all_segments()
     components = {name: dict(values) for name, values in (memory.get("components") or {}).items()}
-    for name, peaks in aggregate_segments(segments)["memory"].items():
+    for name, peaks in peaks_by_component.items():
         components[name] = {**components.get(name, {}), **peaks}
     memory["components"] = components
     memory["segments"] = [{k: s.get(k) for k in ("pid", "host", "started", "finished", "generated_examples", "memory")}
@@ -272,11 +272,11 @@ def _memory_file(session: RunSession, summary: dict[str, Any], generated_here: b
 def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], summary: dict[str, Any],
             generated_here: bool, tracker: Any) -> dict[str, Any]:
     """Write memory_usage.json and results.json from every segment, report to the tracker, close it."""
-    memory = _memory_file(session, summary, generated_here)
-    order = {e.id: i for i, e in enumerate(examples)}
-    ordered = sorted((r for r in session.done.values() if r["id"] in order), key=lambda r: order[r["id"]])
     segments = session.all_segments()
     totals = aggregate_segments(segments)
+    memory = _memory_file(session, summary, generated_here, segments, totals["memory"])
+    order = {e.id: i for i, e in enumerate(examples)}
+    ordered = sorted((r for r in session.done.values() if r["id"] in order), key=lambda r: order[r["id"]])
     model_info = next((s["model_info"] for s in reversed(segments) if s.get("model_info")), None)
     retriever_info = next((s["retriever_info"] for s in reversed(segments) if s.get("retriever_info")), None)
     results = summarize(cfg, ordered, totals, model_info or {}, retriever_info, memory)

@@ -27,6 +27,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON content of ``path``, or None when it is missing or unreadable (the caller decides)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 

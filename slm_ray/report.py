@@ -120,7 +120,7 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     from slm_ray.config import ExperimentConfig
     from slm_ray.errors import SlmRayError
     from slm_ray.evaluation.metrics import aggregate, score_example
-    from slm_ray.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, parse_predictions
+    from slm_ray.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, answers_example, parse_predictions
 
     run = RunFolder(path)
     results, raw_config = run.raw_results(), run.config()
@@ -138,8 +138,7 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
         problems.extend(f"{name}: {change}" for change in _input_changes(run, raw_config, examples))
         for example in examples:
             row = unique.get(example.id)
-            if row is not None and (row.get("question") != example.question
-                                    or list(row.get("answers") or []) != list(example.answers)):
+            if row is not None and not answers_example(row, example):
                 problems.append(f"{name}: example {example.id!r}: the dataset's question or answers differ from "
                                 "the ones answered (was the data file edited after the run?)")
     if order is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from slm_ray.errors import SlmRayError
-from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.io import atomic_write_json, atomic_write_text, read_json
 from slm_ray.results import Results
 
 log = logging.getLogger("slm_ray.run_folder")
@@ -236,20 +236,20 @@ def complete_lines(path: Path) -> list[str]:
     return [line for line in text.split("\n")[:-1] if line.strip()]
 
 
-def prediction_problem(line: str) -> str | None:
-    """Why a line is not a prediction line, or None when it is one."""
+def parse_prediction(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a prediction line, (None, why not) for any other line: each line parsed once."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(row, dict):
-        return f"a JSON {type(row).__name__}, not an object"
+        return None, f"a JSON {type(row).__name__}, not an object"
     missing = [k for k in PREDICTION_KEYS if k not in row]
     if missing:
-        return f"no {missing[0]!r} key"
+        return None, f"no {missing[0]!r} key"
     if not isinstance(row["id"], str) or not isinstance(row["prediction"], str) or not isinstance(row["metrics"], dict):
-        return "'id' and 'prediction' must be strings and 'metrics' an object"
-    return None
+        return None, "'id' and 'prediction' must be strings and 'metrics' an object"
+    return row, None
 
 
 def parse_predictions(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -272,9 +272,8 @@ def parse_predictions(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        problem = prediction_problem(line)
-        if problem is None:
-            row = json.loads(line)
+        row, problem = parse_prediction(line)
+        if row is not None:
             if row["id"] in first_line:
                 problem = f"example {row['id']!r} again (first on line {first_line[row['id']]})"
             else:
@@ -282,7 +281,7 @@ def parse_predictions(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 rows.append(row)
         if problem:
             problems.append(f"{path}:{number}: {problem}")
-    if torn.strip() and prediction_problem(torn) is None and json.loads(torn)["id"] not in first_line:
+    if torn.strip() and parse_prediction(torn)[0] is not None:
         log.info("%s: its last line has no newline (a write was cut); it will be rewritten", path)
     return rows, problems
 
@@ -298,24 +297,28 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 def prediction_ids(lines: Iterable[str]) -> list[str]:
     """The example ids of prediction lines, in order (lines that are not predictions are left out)."""
-    ids = []
-    for line in lines:
-        if prediction_problem(line) is None:
-            ids.append(json.loads(line)["id"])
-    return ids
+    return [row["id"] for row in map(_row_or_none, lines) if row is not None]
+
+
+def _row_or_none(line: str) -> dict[str, Any] | None:
+    return parse_prediction(line)[0]
 
 
 def unseen_lines(lines: Iterable[str], known: set[str]) -> list[str]:
     """The valid prediction lines whose example is not in ``known``, each once (``known`` gains them)."""
     fresh = []
     for line in lines:
-        if prediction_problem(line) is not None:
-            continue
-        example_id = json.loads(line)["id"]
-        if example_id not in known:
-            known.add(example_id)
+        row = _row_or_none(line)
+        if row is not None and row["id"] not in known:
+            known.add(row["id"])
             fresh.append(line)
     return fresh
+
+
+def answers_example(row: dict[str, Any], example: Any) -> bool:
+    """Whether a stored prediction row was made for ``example`` as it is now (same question, answers)."""
+    return (example is not None and row.get("question") == example.question
+            and list(row.get("answers") or []) == list(example.answers))
 
 
 def append_prediction_lines(path: Path, lines: list[str], known: set[str] | None = None) -> set[str]:
@@ -405,13 +408,6 @@ def corpus_source_digest(corpus_cfg: Any, cache_dir: str) -> str:
 # --- the folder --------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 class RunFolder:
     """One experiment's folder: read it freely; write it only through ``open`` (locked)."""
 
@@ -425,7 +421,7 @@ class RunFolder:
 
     def results(self) -> Results | None:
         """results.json, typed; None when missing or unreadable."""
-        data = _read_json(self.file(RESULTS))
+        data = read_json(self.file(RESULTS))
         if not isinstance(data, dict):
             return None
         try:
@@ -434,27 +430,27 @@ class RunFolder:
             return None
 
     def raw_results(self) -> dict[str, Any] | None:
-        data = _read_json(self.file(RESULTS))
+        data = read_json(self.file(RESULTS))
         return data if isinstance(data, dict) else None
 
     def config(self) -> dict[str, Any] | None:
-        data = _read_json(self.file(CONFIG))
+        data = read_json(self.file(CONFIG))
         return data if isinstance(data, dict) else None
 
     def inputs(self) -> Inputs | None:
-        data = _read_json(self.file(INPUTS))
+        data = read_json(self.file(INPUTS))
         try:
             return Inputs.from_json(data) if isinstance(data, dict) else None
         except (KeyError, TypeError, ValueError):
             return None
 
     def memory(self) -> dict[str, Any] | None:
-        data = _read_json(self.file(MEMORY))
+        data = read_json(self.file(MEMORY))
         return data if isinstance(data, dict) else None
 
     def segments(self) -> list[dict[str, Any]]:
         """The recorded segments; a damaged file is reported and counts as none (the answers stay)."""
-        data = _read_json(self.file(SEGMENTS))
+        data = read_json(self.file(SEGMENTS))
         if data is None and self.file(SEGMENTS).exists() or data is not None and not isinstance(data, list):
             log.warning("%s is unreadable: the time and memory of earlier segments of this run are lost "
                         "(its answers are kept)", self.file(SEGMENTS))
@@ -581,8 +577,7 @@ class RunSession:
                         self.path, len(missing), missing[0])
             self.complete = False
         for row in self.done.values():
-            example = by_id.get(row["id"])
-            if example is None or row.get("question") != example.question or list(row.get("answers") or []) != list(example.answers):
+            if not answers_example(row, by_id.get(row["id"])):
                 raise InputsChanged(self.folder._changed_message(
                     [f"the stored answer for example {row['id']!r} is for another question or answers"]))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.config import EXPERIMENT_MODES
-from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.io import atomic_write_json, atomic_write_text, read_json
 from slm_ray.results import METRICS, peak_gpu
 from slm_ray.run_folder import REPLACED_MARK, RESULTS, RunFolder
 
@@ -35,13 +35,6 @@ READING_ORDER = {mode: i for i, mode in enumerate(EXPERIMENT_MODES)}
 PLOTS = ("token_recall.png", "memory.png", "throughput.png")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Peak memory of each shared retriever actor of the last run, by index key."""
     found: dict[str, dict[str, Any]] = {}
@@ -56,8 +49,8 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial of the sweep, in reading order: by model and dataset as planned, then closed
     book, gold passage, retrieval (the plan runs longest first); trials found only on disk come last."""
     sweep_dir = Path(sweep_dir)
-    plan = _read_json(sweep_dir / "sweep.json") or {}
-    stats = _read_json(sweep_dir / "sweep_stats.json")
+    plan = read_json(sweep_dir / "sweep.json") or {}
+    stats = read_json(sweep_dir / "sweep_stats.json")
     shared_memory = _retriever_memory(stats)
     planned = {t["name"]: t for t in plan.get("trials", [])}
     trials_dir = sweep_dir / "trials"
@@ -80,7 +73,7 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
     run = RunFolder(folder)
     results = run.results()
-    record = _read_json(folder / "trial.json") or {}
+    record = read_json(folder / "trial.json") or {}
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(trial=name, model=planned.get("model"), dataset=planned.get("dataset"),
                mode=planned.get("experiment_mode"), retriever=planned.get("retriever"), k=planned.get("k"),
@@ -107,7 +100,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     """Write summary.csv, summary.json, summary.md and the plots; returns paths and status counts."""
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
-    plan = _read_json(sweep_dir / "sweep.json") or {}
+    plan = read_json(sweep_dir / "sweep.json") or {}
     counts: dict[str, int] = {}
     for row in rows:
         status = row["status"] if row["status"] in ("ok", "failed", "pending") else "incomplete"
@@ -123,7 +116,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
                                                    "counts": counts, "trials": rows})
     atomic_write_text(sweep_dir / "summary.md", render_markdown(plan.get("name", sweep_dir.name),
                                                                 plan.get("description"), rows,
-                                                                _read_json(sweep_dir / "sweep_stats.json")))
+                                                                read_json(sweep_dir / "sweep_stats.json")))
     plots = write_plots(sweep_dir, rows)
     return {"rows": rows, "counts": counts, "plots": plots,
             "files": [str(sweep_dir / f) for f in ("summary.csv", "summary.json", "summary.md")]}
