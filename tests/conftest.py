@@ -201,3 +201,29 @@ def http_port() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+# --- Two processes at once (tests of build locks) ---------------------------------------------------
+
+
+@pytest.fixture
+def race_two_processes():
+    """Start two spawned processes running ``target(*args, start, results)``, release them together,
+    and return what each put on ``results``, sorted (both must exit cleanly)."""
+    import multiprocessing
+    import time
+
+    def race(target: Any, *args: Any) -> list[Any]:
+        context = multiprocessing.get_context("spawn")
+        start, results = context.Event(), context.Queue()
+        children = [context.Process(target=target, args=(*args, start, results)) for _ in range(2)]
+        for child in children:
+            child.start()
+        time.sleep(0.5)
+        start.set()
+        for child in children:
+            child.join(timeout=120)
+            assert child.exitcode == 0
+        return sorted(results.get(timeout=5) for _ in children)
+
+    return race

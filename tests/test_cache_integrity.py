@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import multiprocessing
 import shutil
 import time
 from pathlib import Path
@@ -215,22 +214,12 @@ def _rebuild_in_child(cache: str, passages: list, start, results) -> None:
     results.put(built)
 
 
-def test_two_processes_finding_a_damaged_index_rebuild_it_once(pristine, passages, questions, tmp_path: Path) -> None:
+def test_two_processes_finding_a_damaged_index_rebuild_it_once(pristine, passages, questions, tmp_path: Path,
+                                                                race_two_processes) -> None:
     """The loser of the lock waits, then loads the winner's rebuilt copy; nothing is left aside."""
     folder = _index_copy("bm25", pristine, passages, tmp_path)
     shuffle_npy_values(folder)
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    children = [context.Process(target=_rebuild_in_child, args=(str(tmp_path), passages, start, results))
-                for _ in range(2)]
-    for child in children:
-        child.start()
-    time.sleep(0.5)
-    start.set()
-    for child in children:
-        child.join(timeout=120)
-        assert child.exitcode == 0
-    assert sorted(results.get(timeout=5) for _ in children) == [False, True]
+    assert race_two_processes(_rebuild_in_child, str(tmp_path), passages) == [False, True]
     assert verify_manifest(folder) is None
     assert sorted(p.name for p in (tmp_path / "indexes").iterdir() if not p.name.endswith(".lock")) == [folder.name]
     retriever, built_now = build_or_load(CONFIGS["bm25"], passages, tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -75,21 +74,10 @@ def _build_in_child(cache: str, passages: list, start, results) -> None:
     results.put(built)
 
 
-def test_two_processes_wanting_one_index_build_it_once(tmp_path: Path) -> None:
+def test_two_processes_wanting_one_index_build_it_once(tmp_path: Path, race_two_processes) -> None:
     """Two runs started together (or two sweep workers) build an index once; the other loads it."""
     passages = [Passage(str(i), f"passage {i} about topic {i % 7}") for i in range(50)]
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    children = [context.Process(target=_build_in_child, args=(str(tmp_path), passages, start, results))
-                for _ in range(2)]
-    for child in children:
-        child.start()
-    time.sleep(0.5)
-    start.set()
-    for child in children:
-        child.join(timeout=120)
-        assert child.exitcode == 0
-    assert sorted(results.get(timeout=5) for _ in children) == [False, True]
+    assert race_two_processes(_build_in_child, str(tmp_path), passages) == [False, True]
     assert len(_indexes(tmp_path)) == 1
 
 
