@@ -255,7 +255,7 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['entry']}: a reload in a process that verified it already re-checks size, mtime and inode "
                   f"only: {m['repeat_check_s'] * 1e3:.2f} ms = {m['repeat_check_over_load']:.1%} of the reload")
     names = list(CANDIDATES)
-    print(f"\ncandidate checksums over each entry's files, ms (best of 3) and share of the in-process reload")
+    print("\ncandidate checksums over each entry's files, ms (best of 3) and share of the in-process reload")
     print(f"{'entry':<12}" + "".join(f"{n:>26}" for n in names))
     for r in rows:
         reload_s = r["reload_in_process"]["load_unchecked_s"]

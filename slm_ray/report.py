@@ -117,7 +117,6 @@ def verify(folder: str | Path) -> tuple[int, list[str]]:
 
 def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     """Re-score one trial; append its differences to ``problems``; return the recomputed summary row."""
-    from slm_ray.config import ExperimentConfig
     from slm_ray.errors import SlmRayError
     from slm_ray.evaluation.metrics import aggregate, score_example
     from slm_ray.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, answers_example, parse_predictions

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from slm_ray.io import atomic_write_json, atomic_write_text
+from slm_ray.results import METRICS
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
-from slm_ray.sweeps.summary import METRICS, write_summary
+from slm_ray.sweeps.summary import write_summary
 
 log = logging.getLogger("slm_ray.sweep")
 

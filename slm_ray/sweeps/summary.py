@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from slm_ray.config import EXPERIMENT_MODES
 from slm_ray.io import atomic_write_json, atomic_write_text, read_json
-from slm_ray.results import METRICS, peak_gpu
+from slm_ray.results import peak_gpu
 from slm_ray.run_folder import REPLACED_MARK, RESULTS, RunFolder
 
 log = logging.getLogger("slm_ray.sweep")
