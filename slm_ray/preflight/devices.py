@@ -1,4 +1,4 @@
-"""Does this machine have what each model's backend and device need (a CUDA GPU, vllm)?
+"""Does this machine have what each model's backend and device need (a CUDA GPU, vllm and its build)?
 
 Checked only where the models will run on this machine: a run, or a sweep on a local Ray. A sweep
 on an existing cluster loads its models on the cluster's nodes, whose GPUs the driver cannot see.
@@ -22,7 +22,7 @@ def model_device_problem(cfg: Any) -> str | None:
     try:
         if cfg.backend == "vllm":
             vllm_backend.check_config(cfg)
-            vllm_backend.check_visible_gpus(cfg)
+            vllm_backend.check_device(cfg)
         elif cfg.device == "cuda":
             resolve_device("cuda")
     except ConfigError as exc:

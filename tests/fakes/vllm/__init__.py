@@ -23,7 +23,7 @@ LLM_ARGS = {
     "gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enforce_eager", "max_model_len",
     "distributed_executor_backend", "generation_config", "override_generation_config", "max_num_seqs",
     "max_num_batched_tokens", "enable_prefix_caching", "download_dir", "load_format", "hf_token", "hf_overrides",
-    "compilation_config", "disable_log_stats", "kv_cache_dtype", "enable_chunked_prefill",
+    "compilation_config", "disable_log_stats", "kv_cache_dtype", "enable_chunked_prefill", "kv_cache_memory_bytes",
 }
 MODEL_DTYPES = {"auto", "half", "float16", "bfloat16", "float", "float32"}
 EXECUTOR_BACKENDS = {"ray", "mp", "uni", "external_launcher"}
