@@ -67,12 +67,19 @@ def _run(overrides: list[str], print_config: bool) -> int:
     from slm_ray.experiment import output_dir, run_experiment
 
     keep_loaded = KeepLoaded()
-    for cfg in configs:
-        results = run_experiment(cfg, generator=keep_loaded)
-        metrics = results["metrics"]
-        summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in metrics.items())
-        log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
-        print(f"results: {output_dir(cfg) / 'results.json'}")
+    try:
+        for cfg in configs:
+            results = run_experiment(cfg, generator=keep_loaded)
+            metrics = results["metrics"]
+            summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                                for k, v in metrics.items())
+            log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
+            print(f"results: {output_dir(cfg) / 'results.json'}")
+    finally:
+        # An engine with processes of its own (vLLM) stops cleanly here, not in an exit hook
+        # that kills what has not stopped after a few seconds.
+        if keep_loaded.generator is not None:
+            keep_loaded.generator.close()
     return 0
 
 
