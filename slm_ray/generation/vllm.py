@@ -157,8 +157,10 @@ def check_device(cfg: Any) -> Device:
 
 
 def engine_dtype(cfg: Any, device: Device) -> str:
-    """The dtype the engine computes in. ``auto`` resolves as the HF backend resolves it today
-    (bf16 on a GPU, fp32 on a CPU): a resolution that depends on the hardware belongs here."""
+    """The dtype the engine computes in: ``model.dtype``, with ``auto`` resolved as the HF backend
+    resolves it (bf16 on a GPU, fp32 on a CPU). This is the one place the vLLM backend decides it:
+    a resolution of ``auto`` from what the hardware computes natively (``choose_dtype``) goes here,
+    and the dequantised copy of a packaged GGUF, the engine and ``describe()`` all follow it."""
     if cfg.dtype != "auto":
         return cfg.dtype
     return "bfloat16" if device == "cuda" else "float32"
