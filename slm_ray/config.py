@@ -88,6 +88,8 @@ class DatasetConfig(Section):
     limit: int | None = Field(default=None, ge=1)
     sample: bool = False
     seed: int = 0
+    #: A BEIR folder's qrels split (``qrels/<split>.tsv``); default ``test``, or the only one there.
+    split: str | None = None
 
     @field_validator("fields")
     @classmethod
