@@ -85,7 +85,7 @@ def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
         if row.index == 0:
             if dpr.is_dpr(row.data):
                 return list(dpr.corpus_passages(itertools.chain([row], rows)))
-            if "id" not in corpus_cfg.fields and "_id" in row.data and "id" not in row.data:
+            if fields["id"] not in row.data and "_id" in row.data:
                 fields["id"] = "_id"  # BEIR's name for it
             dpr_layout = fields["text"] not in row.data and "contents" in row.data
             if not dpr_layout:
