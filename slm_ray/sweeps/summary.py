@@ -110,15 +110,35 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+    warnings = retrieval_warnings(sweep_dir, rows)
     atomic_write_json(sweep_dir / "summary.json", {"sweep": plan.get("name", sweep_dir.name),
                                                    "description": plan.get("description"),
-                                                   "counts": counts, "trials": rows})
+                                                   "counts": counts, "trials": rows, "retrieval_warnings": warnings})
     atomic_write_text(sweep_dir / "summary.md", render_markdown(plan.get("name", sweep_dir.name),
                                                                 plan.get("description"), rows,
-                                                                read_json(sweep_dir / "sweep_stats.json")))
+                                                                read_json(sweep_dir / "sweep_stats.json"))
+                      + warning_lines(warnings))
     plots = write_plots(sweep_dir, rows)
     return {"rows": rows, "counts": counts, "plots": plots,
             "files": [str(sweep_dir / f) for f in ("summary.csv", "summary.json", "summary.md")]}
+
+
+def retrieval_warnings(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Trials whose retrieved passages almost never hold an answer (``retrieval_warning`` in their
+    results.json): their reader numbers measure the corpus, not the model."""
+    found: dict[str, str] = {}
+    for row in rows:
+        results = RunFolder(sweep_dir / "trials" / row["trial"]).results() if row["status"] == "ok" else None
+        if results is not None and results.retrieval_warning:
+            found[row["trial"]] = results.retrieval_warning
+    return found
+
+
+def warning_lines(warnings: dict[str, str]) -> str:
+    """summary.md's marker lines for ``retrieval_warnings`` (nothing when there are none)."""
+    if not warnings:
+        return ""
+    return "\n".join(["## Retrieval warnings", "", *(f"- **{trial}**: {text}" for trial, text in warnings.items())]) + "\n"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
