@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from slm_ray.data import checks
@@ -20,6 +21,21 @@ from slm_ray.errors import DataError
 
 CTX_LISTS = ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")
 ID_KEYS = ("passage_id", "psg_id", "id")
+
+
+def looks_like_dpr(path: Path, head_bytes: int = 1 << 16) -> bool:
+    """Whether a file's first records have DPR's ``positive_ctxs``, from its first bytes only: a
+    DPR training file is hundreds of MB, and the config check that asks must stay instant."""
+    import gzip
+
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
+            head = handle.read(head_bytes)
+    except (OSError, EOFError):
+        return False  # unreadable: the run's own read names the problem
+    return b'"positive_ctxs"' in head
 
 
 def is_dpr(record: dict[str, Any]) -> bool:

@@ -8,7 +8,6 @@ slm_ray.data.checks; ``iter_jsonl`` and ``detect_format`` are re-exported for ol
 from __future__ import annotations
 
 from collections.abc import Generator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +52,7 @@ class FileDataset(BaseDataset):
         path = Path(dataset_cfg.path).expanduser()
         if "://" in dataset_cfg.path or not path.exists():
             return False
-        if path.is_dir():
-            return True
-        with closing(iter_rows(path, dataset_cfg.format, dataset_cfg.path)) as rows:
-            first = next(rows, None)
-        return first is not None and dpr.is_dpr(first.data)
+        return path.is_dir() or dpr.looks_like_dpr(path)
 
     def iter_examples(self) -> Generator[QAExample, None, None]:
         display = self.display_name()
