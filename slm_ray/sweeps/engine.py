@@ -200,7 +200,7 @@ def _seed_files(head: Path) -> dict[str, str]:
 
 def _adopt_completed_elsewhere(head: Path) -> None:
     """A trial whose last sweep attempt failed but whose folder now holds results for the sweep's
-    very inputs (completed with ``python -m slm_ray.run``, as ``--cfg`` prints it): record it as ok."""
+    very inputs (completed with ``slm-ray run``, as ``--cfg`` prints it): record it as ok."""
     try:
         record = json.loads((head / TRIAL_RECORD).read_text())
     except (OSError, ValueError):
