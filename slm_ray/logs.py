@@ -21,6 +21,14 @@ from typing import Any
 
 #: ``log.info(..., extra=STEP)``: this record is one step of long work, worth a console line.
 STEP = {"step": True}
+#: ``log.info(..., extra=FILE_ONLY)``: for run.log and sweep.log, not the console (where a progress
+#: bar already says it).
+FILE_ONLY = {"file_only": True}
+
+
+def not_file_only(record: logging.LogRecord) -> bool:
+    """A console handler's filter: drops ``FILE_ONLY`` records."""
+    return not getattr(record, "file_only", False)
 #: The board's actor name, in the namespace of the sweep's Ray job (each sweep run has its own).
 BOARD_NAME = "slm_ray-board"
 _RETRY_LOOKUP_S = 5.0

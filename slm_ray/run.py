@@ -73,10 +73,7 @@ def _run(overrides: list[str], print_config: str | None) -> int:
 
     keep_loaded = KeepLoaded()
     for cfg in configs:
-        results = run_experiment(cfg, generator=keep_loaded)
-        metrics = results["metrics"]
-        summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in metrics.items())
-        log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
+        run_experiment(cfg, generator=keep_loaded)  # logs the metrics line, into run.log too
         print(f"results: {output_dir(cfg) / 'results.json'}")
     return 0
 

@@ -114,4 +114,6 @@ class BaseDataset(ABC):
                 chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
                 examples = [examples[i] for i in chosen]
         _warn_unmatchable(self.name, examples)
+        log.info("dataset %s: %d examples from %s", self.name, len(examples),
+                 "the packaged file" if self.path == "builtin" else self.path)
         return examples
