@@ -64,8 +64,9 @@ def parse_flags(args: Sequence[str], hydra_flags: bool) -> Flags:
         elif hydra_flags and name in ("-m", "--multirun") and not eq:
             flags.multirun = True
         elif hydra_flags and name in ("--cfg", "-c"):
-            if not eq and i + 1 < len(items) and items[i + 1] in CFG_CHOICES:
-                value, i = items[i + 1], i + 1
+            following = items[i + 1] if i + 1 < len(items) else ""
+            if not eq and following and _cfg_value(following):
+                value, i = following, i + 1
             elif not eq:
                 value = "job"  # a bare --cfg, as before: the job's config
             if value not in CFG_CHOICES:
@@ -87,6 +88,12 @@ def parse_flags(args: Sequence[str], hydra_flags: bool) -> Flags:
             flags.rest.append(arg)
         i += 1
     return flags
+
+
+def _cfg_value(arg: str) -> bool:
+    """Whether the word after ``--cfg`` is its value (job, or a typo of it) rather than an override
+    (``key=value``), a sweep file or another flag."""
+    return "=" not in arg and not arg.startswith("-") and not arg.endswith((".yaml", ".yml"))
 
 
 def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str] | None,

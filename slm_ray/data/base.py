@@ -13,6 +13,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from slm_ray.logs import FILE_ONLY
+
 
 log = logging.getLogger("slm_ray.data")
 
@@ -115,5 +117,5 @@ class BaseDataset(ABC):
                 examples = [examples[i] for i in chosen]
         _warn_unmatchable(self.name, examples)
         log.info("dataset %s: %d examples from %s", self.name, len(examples),
-                 "the packaged file" if self.path == "builtin" else self.path)
+                 "the packaged file" if self.path == "builtin" else self.path, extra=FILE_ONLY)
         return examples

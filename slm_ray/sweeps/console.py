@@ -13,6 +13,7 @@ console through this module rather than holding it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -89,9 +90,14 @@ class SweepConsole:
         """The live status line (only on a terminal)."""
         if not self.live or self.bar is not None:
             return
+        import shutil
+
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
+        # A terminal that reports no size (a bare pty) would get a bar of width 0: use COLUMNS or 80.
+        reported = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+        width = {"dynamic_ncols": True} if reported else {"ncols": shutil.get_terminal_size().columns}
+        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, **width,
                         bar_format="{desc}: {n_fmt}/{total_fmt} done{postfix} [{elapsed}<{remaining}]")
         self._refresh()
 

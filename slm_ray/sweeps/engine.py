@@ -247,6 +247,8 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
                 console.ACTIVE.poll()  # the actors' steps: model loads, index builds
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if console.ACTIVE is not None:
+                console.ACTIVE.poll(every_s=0.0)  # a model load posted just before this event comes first
             name = self._name(trial)
             if result.get("status") == "started":  # it has a worker now
                 if name not in self.started and console.ACTIVE is not None:
@@ -269,6 +271,7 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
         def _finished(self, name: str, ok: bool) -> None:
             self.done += 1
             if console.ACTIVE is not None:
+                console.ACTIVE.poll(every_s=0.0)
                 if name not in self.started:
                     console.ACTIVE.trial_started()
                 console.ACTIVE.trial_finished(name, ok)
