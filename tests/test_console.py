@@ -189,6 +189,28 @@ def test_a_sweep_console_is_calm_and_ends_with_the_summary(sweep_env: Path, swee
     assert "[4/4] ok" in log and "examples, 0 already done" in log, "sweep.log keeps what the console left out"
 
 
+def test_a_failed_trial_is_one_line_without_rays_traceback(sweep_env: Path, sweep_cache_dir: Path) -> None:
+    from slm_ray.data.builtin import NQ_OPEN_ORACLE
+    from slm_ray.data.files import iter_jsonl
+
+    good = [json.dumps(row) for row, _ in zip(iter_jsonl(NQ_OPEN_ORACLE), range(3))]
+    bad = sweep_env / "nq_bad.jsonl"
+    bad.write_text("\n".join([good[0], '{"question": "broken', *good[1:]]) + "\n")
+    sweep = sweep_env / "bad.yaml"
+    sweep.write_text(f"name: bad\noverrides: [dataset=nq, dataset.limit=3, tracker=none]\n"
+                     f"grid:\n  model: [tiny_llama]\n  dataset.path: [builtin, '{bad}']\n")
+    done = subprocess.run([str(SLM_RAY), "sweep", str(sweep), f"experiment.cache_dir={sweep_cache_dir}"],
+                          cwd=sweep_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    failed = [line for line in console.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "DataError" in failed[0] and f"{bad.name}:2" in failed[0], console
+    assert "Traceback" not in console and "Tuner.restore" not in console and "pid=" not in console
+    assert "1 trial(s) failed: see" in done.stderr
+    log = (sweep_env / "outputs" / "sweeps" / "bad" / "sweep.log").read_text()
+    assert "Traceback" in log, "Ray's account of the failure is kept in sweep.log"
+
+
 def test_a_sweep_on_a_terminal_shows_one_live_status(sweep_env: Path, sweep_cache_dir: Path) -> None:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # a 150-column terminal
