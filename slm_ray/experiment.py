@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import socket
+import sys
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
@@ -28,6 +29,7 @@ from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.evaluation.retrieval_check import low_recall_warning
 from slm_ray.generation.base import BaseModel
+from slm_ray.logs import FILE_ONLY
 from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
                                  RunSession, aggregate_segments, now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
@@ -181,6 +183,13 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
     runs; a finished run is returned as it is, without writing anything. ``expected_inputs``: what a
     sweep's driver checked before it started (a sweep trial): data changed since then is refused.
     """
+    with capture_records() as earlier:  # for run.log, which opens once the folder is ours
+        return _run_experiment(cfg, generator, retriever, progress, show_progress, expected_inputs, earlier)
+
+
+def _run_experiment(cfg: ExperimentConfig, generator: GeneratorSource, retriever: Retriever | None,
+                    progress: ProgressCallback | None, show_progress: bool, expected_inputs: dict[str, Any] | None,
+                    earlier: list[logging.LogRecord]) -> dict[str, Any]:
     examples = build_dataset(cfg)
     masked = mask_secrets(cfg.model_dump(by_alias=True))
     inputs = run_inputs(cfg, examples)
@@ -200,7 +209,7 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
             results = session.folder.raw_results()
             assert results is not None
             return results
-        return _run(cfg, session, examples, generator, retriever, progress, show_progress)
+        return _run(cfg, session, examples, generator, retriever, progress, show_progress, earlier)
     except SlmRayError:
         session.close(discard=True)  # a refused run removes the files it wrote into a folder it created
         raise
@@ -216,7 +225,8 @@ def _new_segment() -> dict[str, Any]:
 
 
 def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], generator: GeneratorSource,
-         retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool) -> dict[str, Any]:
+         retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool,
+         earlier: list[logging.LogRecord]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     pending = [e for e in examples if e.id not in session.done]
@@ -244,7 +254,7 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
                 generator = generator(cfg) if callable(generator) else generator or build_generator(cfg)
                 generator.adopt(cfg.model)  # a kept-loaded model decodes with this run's settings
         session.start()
-        stack.enter_context(log_to_file(session.path / LOG))
+        stack.enter_context(log_to_file(session.path / LOG, earlier))
         log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(session.done))
         tracker = build_tracker(cfg.tracker, cfg.run_name, _tags(cfg))
         tracker.log_params(session.config)
@@ -254,7 +264,7 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
             with monitor.phase("model"):
                 built = _build_prompts(cfg, generator, pending, contexts)
                 bar = tqdm(total=len(examples), initial=len(session.done), desc=cfg.run_name, unit="q",
-                           disable=not show_progress)
+                           disable=not show_progress or not sys.stderr.isatty())  # else log lines say it
                 _generate(cfg, generator, pending, built, contexts, hits, session, segment, tracker, monitor, progress,
                           bar)
             segment["model_info"] = generator.describe()
@@ -306,6 +316,8 @@ def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample
     if results.get("retrieval_warning"):
         log.warning("%s: %s", cfg.run_name, results["retrieval_warning"])
     session.finish(results, memory)
+    log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], ", ".join(
+        f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in results["metrics"].items()))
     out = session.path
     tracker.log_final({f"{k}": v["mean"] for k, v in results["metrics"].items()})
     for name in (RESULTS, PREDICTIONS, MEMORY, CONFIG):
@@ -316,23 +328,58 @@ def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample
     return results
 
 
+class _Recorder(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]):
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Copy slm_ray's log records into the run folder's run.log while the run lasts."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    package_logger = logging.getLogger("slm_ray")
-    previous_level = package_logger.level
-    if package_logger.getEffectiveLevel() > logging.INFO:
-        package_logger.setLevel(logging.INFO)
-    package_logger.addHandler(handler)
+def _info_level(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` passes INFO records while the block lasts (run.log wants them even without --debug)."""
+    previous_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous_level)
-        handler.close()
+        logger.setLevel(previous_level)
+
+
+@contextmanager
+def capture_records() -> Iterator[list[logging.LogRecord]]:
+    """slm_ray's records from the start of a run (dataset, index, model load), kept for run.log."""
+    records: list[logging.LogRecord] = []
+    recorder = _Recorder(records)
+    package_logger = logging.getLogger("slm_ray")
+    with _info_level(package_logger):
+        package_logger.addHandler(recorder)
+        try:
+            yield records
+        finally:
+            package_logger.removeHandler(recorder)
+
+
+@contextmanager
+def log_to_file(path: Path, earlier: Iterable[logging.LogRecord] = ()) -> Iterator[None]:
+    """Copy slm_ray's log records into the run folder's run.log while the run lasts, after the
+    ``earlier`` ones of this run (those from before the folder could be written)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for record in earlier:
+        handler.handle(record)
+    package_logger = logging.getLogger("slm_ray")
+    with _info_level(package_logger):
+        package_logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            package_logger.removeHandler(handler)
+            handler.close()
 
 
 def _build_prompts(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample],
@@ -377,6 +424,9 @@ def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExamp
             bar.set_postfix(token_recall=f"{running.get('token_recall', 0):.3f}")
             if len(session.done) - last_logged >= PROGRESS_EVERY or len(session.done) == total:
                 last_logged = len(session.done)
+                log.info("%d/%d examples, %.2f ex/s, running token recall %.3f", len(session.done), total,
+                         segment["generated_examples"] / max(segment["generation_seconds"], 1e-9),
+                         running.get("token_recall", 0.0), extra=FILE_ONLY if not bar.disable else None)
                 _stream(tracker, running, segment, monitor, len(session.done), progress)
 
 

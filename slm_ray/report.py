@@ -1,7 +1,7 @@
 """Rebuild a sweep's summary from its trial folders, or check every number of it.
 
-    python -m slm_ray.report outputs/sweeps/sizes_500
-    python -m slm_ray.report --verify outputs/sweeps/sizes_500      (or an experiment folder)
+    slm-ray report outputs/sweeps/sizes_500
+    slm-ray report --verify outputs/sweeps/sizes_500      (or an experiment folder)
 
 Reads trials/*/results.json and trial.json (plus sweep.json and sweep_stats.json when present) and
 writes summary.csv, summary.json, summary.md and the plots (token_recall.png, memory.png,
@@ -44,7 +44,7 @@ def _report(arguments: list[str], print_config: bool) -> int:
     from slm_ray.sweeps.summary import write_summary
 
     if len(arguments) != 1:
-        raise SlmRayError("give one sweep folder: python -m slm_ray.report outputs/sweeps/<name>")
+        raise SlmRayError("give one sweep folder: slm-ray report outputs/sweeps/<name>")
     folder = Path(arguments[0])
     if not folder.is_dir():
         raise SlmRayError(f"sweep folder not found: {folder}")
@@ -63,7 +63,7 @@ def _verify_cli(arguments: list[str], print_config: bool) -> int:
     from slm_ray.errors import SlmRayError
 
     if len(arguments) != 1:
-        raise SlmRayError("give one folder: python -m slm_ray.report --verify <sweep folder or experiment folder>")
+        raise SlmRayError("give one folder: slm-ray report --verify <sweep folder or experiment folder>")
     folder = Path(arguments[0])
     if not folder.is_dir():
         raise SlmRayError(f"folder not found: {folder}")

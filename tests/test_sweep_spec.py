@@ -218,7 +218,7 @@ def test_cli_cfg_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sweep_main(["--cfg", str(path), "dataset.limit=3", "--name", "named"]) == 0
     out = capsys.readouterr().out
     assert "sweep named: 2 trials -> outputs/sweeps/named" in out
-    assert "python -m slm_ray.run" in out and "dataset.limit=3" in out
+    assert "slm-ray run" in out and "dataset.limit=3" in out
     assert not (tmp_path / "outputs").exists()
 
 
