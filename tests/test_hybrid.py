@@ -62,11 +62,16 @@ def test_the_shared_service_caches_hybrid_answers_per_fusion_setting(small_corpu
     from slm_ray.composition import compose_config
     from slm_ray.retrieval.service import RetrieverService, service_key
 
+    cache = tmp_path / "cache"  # answers cached afresh, indexes shared with the session
+    cache.mkdir()
+    (shared_cache / "indexes").mkdir(parents=True, exist_ok=True)
+    (cache / "indexes").symlink_to(shared_cache / "indexes")
+
     def service(*overrides: str) -> RetrieverService:
         cfg = compose_config(["corpus=file", f"corpus.path={small_corpus}", "retriever=hybrid",
-                              f"experiment.cache_dir={shared_cache}", *overrides])
+                              f"experiment.cache_dir={cache}", *overrides])
         return RetrieverService(service_key(cfg), cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(),
-                                str(shared_cache), str(tmp_path), memory_interval_s=0.05)
+                                str(cache), str(tmp_path), memory_interval_s=0.05)
 
     first = service()
     hits = first.retrieve([QUESTION], 3)
