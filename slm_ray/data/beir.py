@@ -50,20 +50,23 @@ def qrels_file(folder: Path, display: str, split: str | None) -> Path:
 def _qrels(path: Path, display: str) -> dict[str, list[tuple[str, str]]]:
     """query id -> [(corpus id, where)] of its relevant passages (score > 0), in file order."""
     relevant: dict[str, list[tuple[str, str]]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            cells = line.rstrip("\n").split("\t")
-            if not line.strip() or (line_no == 1 and cells[0] in ("query-id", "query_id", "qid")):
-                continue
-            where = f"{display}:{line_no}"
-            if len(cells) != 3:
-                raise DataError(f"{where}: {len(cells)} tab-separated cells (expected query-id, corpus-id, score)")
-            try:
-                score = float(cells[2])
-            except ValueError:
-                raise DataError(f"{where}: score {cells[2]!r} is not a number") from None
-            if score > 0:
-                relevant.setdefault(cells[0], []).append((cells[1], where))
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{display}: not valid UTF-8 (byte {exc.start}; save the file as UTF-8)") from None
+    for line_no, line in enumerate(lines, start=1):
+        cells = line.rstrip("\r").split("\t")
+        if not line.strip() or (line_no == 1 and cells[0] in ("query-id", "query_id", "qid")):
+            continue
+        where = f"{display}:{line_no}"
+        if len(cells) != 3:
+            raise DataError(f"{where}: {len(cells)} tab-separated cells (expected query-id, corpus-id, score)")
+        try:
+            score = float(cells[2])
+        except ValueError:
+            raise DataError(f"{where}: score {cells[2]!r} is not a number") from None
+        if score > 0:
+            relevant.setdefault(cells[0], []).append((cells[1], where))
     return relevant
 
 
