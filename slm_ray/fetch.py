@@ -281,7 +281,8 @@ def fetch_items(items: list[Item]) -> int:
 
 def _quiet_loggers() -> None:
     """Each item's line says what the storage log would (downloading / using cached)."""
-    logging.getLogger("slm_ray.storage").setLevel(logging.WARNING)
+    for name in ("slm_ray.storage", "httpx2"):  # httpx2: huggingface_hub's client, one line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not sys.stderr.isatty():  # progress bars in a log file are noise; hub_fetch prints a line instead
         from huggingface_hub.utils import disable_progress_bars
 

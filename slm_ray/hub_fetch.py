@@ -126,7 +126,7 @@ def download(repo: str, cache: Path, endpoint: str, encoder: bool = False) -> Fe
 
     try:
         api = HfApi(endpoint=endpoint)
-        commit = api.repo_info(repo).sha
+        commit = api.repo_info(repo, revision="main").sha
         files = {f.path: f.size for f in api.list_repo_tree(repo, recursive=True, revision=commit)
                  if isinstance(f, RepoFile)}
         wanted = choose_files(files, encoder)
