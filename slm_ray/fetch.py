@@ -124,6 +124,10 @@ def plan_items(configs: Sequence[Any]) -> list[Item]:
     return list(items.values())
 
 
+def size_text(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
 def _data_key(what: str, path: str, data_cache: Path) -> tuple[str, ...]:
     """A file is one item whichever option names it; ``builtin`` is a different file per option."""
     return ("data", what if path == "builtin" else path, str(data_cache))
@@ -141,7 +145,7 @@ def _hub_item(what: str, repo: str, cache: Path, endpoint: str, encoder: bool) -
             raise ItemError(str(exc)) from None
         if not got.files:
             return CACHED, f"already cached in {cache}"
-        return DOWNLOADED, f"downloaded {got.files} files, {got.size / 1e6:.1f} MB into {cache}"
+        return DOWNLOADED, f"downloaded {got.files} file{'s' * (got.files != 1)}, {size_text(got.size)} into {cache}"
 
     return Item(what, f"{repo} from {endpoint}", fetch, hub_repo=(repo, cache, encoder))
 
@@ -208,7 +212,7 @@ def _s3_object(uri: str, data_cache: Path) -> tuple[str, str]:
         raise ItemError(str(exc)) from None
     if before.get(local) == local.stat().st_mtime_ns:
         return CACHED, f"already cached at {local}"
-    return DOWNLOADED, f"downloaded 1 file, {local.stat().st_size / 1e6:.1f} MB to {local}"
+    return DOWNLOADED, f"downloaded 1 file, {size_text(local.stat().st_size)} to {local}"
 
 
 def _encoder_item(name: str, cache: Path, endpoint: str) -> Item:
@@ -281,7 +285,7 @@ def fetch_items(items: list[Item]) -> int:
 
 def _quiet_loggers() -> None:
     """Each item's line says what the storage log would (downloading / using cached)."""
-    for name in ("slm_ray.storage", "httpx2"):  # httpx2: huggingface_hub's client, one line per request
+    for name in ("slm_ray.storage", "httpx2", "botocore"):  # clients that log each request or credential lookup
         logging.getLogger(name).setLevel(logging.WARNING)
     if not sys.stderr.isatty():  # progress bars in a log file are noise; hub_fetch prints a line instead
         from huggingface_hub.utils import disable_progress_bars

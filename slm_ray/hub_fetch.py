@@ -145,11 +145,11 @@ def download(repo: str, cache: Path, endpoint: str, encoder: bool = False) -> Fe
     except HubFetchError:
         raise
     except Exception as exc:  # every failure of one repo becomes its error line; the others go on
-        raise HubFetchError(redact(explain(exc, repo, endpoint, cache))) from exc
+        raise HubFetchError(redact(explain(exc, repo, endpoint, cache, encoder))) from exc
     return Fetched(len(missing), size)
 
 
-def explain(exc: Exception, repo: str, endpoint: str, cache: Path) -> str:
+def explain(exc: Exception, repo: str, endpoint: str, cache: Path, encoder: bool = False) -> str:
     """One line for a failed download, saying what to check."""
     import httpx2
     from huggingface_hub import errors
@@ -157,8 +157,8 @@ def explain(exc: Exception, repo: str, endpoint: str, cache: Path) -> str:
     if isinstance(exc, errors.GatedRepoError):
         return f"{repo} is gated on {endpoint}: accept its terms on the hub, then set HF_TOKEN"
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return (f"{repo} not found on {endpoint} (check the repo id; a private repo needs HF_TOKEN; "
-                "a local folder needs model.source=local)")
+        folder = "give an existing folder" if encoder else "a local folder needs model.source=local"
+        return f"{repo} not found on {endpoint} (check the repo id; a private repo needs HF_TOKEN; {folder})"
     if isinstance(exc, errors.RevisionNotFoundError):
         return f"{repo} has no branch 'main' on {endpoint}"
     if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, errors.LocalEntryNotFoundError)):
