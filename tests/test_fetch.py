@@ -23,7 +23,8 @@ from slm_ray.hub_fetch import choose_files, encoder_repo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 240
 FAKE_TOKEN = "hf_FakeTokenNeverPrinted0123"
-QA = b'{"question": "who wrote hamlet?", "answers": ["Shakespeare"]}\n{"question": "capital of france?", "answers": ["Paris"]}\n'
+QA = (b'{"question": "who wrote hamlet?", "answers": ["Shakespeare"]}\n'
+      b'{"question": "capital of france?", "answers": ["Paris"]}\n')
 
 
 def _load_fake_hub() -> Any:
@@ -77,8 +78,9 @@ def conf_dir(tmp_path: Path) -> Path:
 def slm_ray(*args: str, cwd: Path, hub: Any, offline: bool = False) -> subprocess.CompletedProcess:
     """``slm-ray ARGS`` in a subprocess on this worktree's code, with the fake hub and ``cwd/hf`` as
     the Hugging Face home."""
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "SENTENCE_TRANSFORMERS_HOME")}
+    dropped = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+               "SENTENCE_TRANSFORMERS_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(PYTHONPATH=str(REPO_ROOT), HF_HOME=str(cwd / "hf"), HF_ENDPOINT=hub.url, HF_TOKEN=FAKE_TOKEN,
                HF_HUB_DISABLE_TELEMETRY="1", CLEARML_CACHE_DIR=str(cwd / "clearml"))
     if offline:
@@ -122,6 +124,8 @@ def test_fetched_model_and_encoder_then_load_offline(tmp_path: Path, hub: Any, c
     assert "already cached" in lines(again.stdout, "retriever.encoder=my-org/my-encoder: ")[0]
     assert again.stdout.splitlines()[-1].startswith("fetched 4 items, 4 already local")
     assert len(hub.requests) == requests, "a cached repo must not be asked for again"
+    offline = slm_ray("fetch", *plan, cwd=tmp_path, hub=hub, offline=True)  # everything local: not refused
+    assert offline.returncode == 0 and offline.stdout == again.stdout, offline.stderr
 
     run = slm_ray("run", *plan, cwd=tmp_path, hub=hub, offline=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -154,7 +158,8 @@ def test_sweep_fetches_a_shared_s3_dataset_once_and_reports_a_missing_repo(
 
     again = slm_ray("fetch", str(sweep), "--config-dir", str(conf_dir), cwd=tmp_path, hub=hub)
     assert again.returncode == 1
-    assert lines(again.stdout, "dataset=file: ")[0] == f"dataset=file: {uri}: already cached at {cached[0].relative_to(tmp_path)}"
+    [dataset] = lines(again.stdout, "dataset=file: ")
+    assert dataset == f"dataset=file: {uri}: already cached at {cached[0].relative_to(tmp_path)}"
     assert "already cached" in lines(again.stdout, "model=hub_tiny: ")[0]
 
 
@@ -177,14 +182,15 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_file_choice_and_encoder_names() -> None:
-    repo = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-            "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.model", "merges.txt", "README.md",
-            "onnx/model.onnx", "original/consolidated.00.pth", "chat_template.jinja", "tf_model.h5", ".gitattributes"]
-    assert choose_files(repo) == ["chat_template.jinja", "config.json", "merges.txt", "model-00001-of-00002.safetensors",
-                                  "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.model"]
-    assert choose_files(["config.json", "pytorch_model.bin", "training_args.bin"]) == ["config.json", "pytorch_model.bin"]
-    encoder = ["modules.json", "config.json", "model.safetensors", "pytorch_model.bin", "README.md", "1_Pooling/config.json",
-               "2_Dense/pytorch_model.bin", "2_Dense/config.json", "onnx/model.onnx", "openvino/openvino_model.xml"]
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    repo = ["config.json", *shards, "pytorch_model.bin", "tokenizer.model", "merges.txt", "README.md", "onnx/model.onnx",
+            "original/consolidated.00.pth", "chat_template.jinja", "tf_model.h5", ".gitattributes"]
+    assert choose_files(repo) == ["chat_template.jinja", "config.json", "merges.txt", *shards, "tokenizer.model"]
+    only_bin = ["config.json", "pytorch_model.bin", "training_args.bin"]
+    assert choose_files(only_bin) == ["config.json", "pytorch_model.bin"]
+    encoder = ["modules.json", "config.json", "model.safetensors", "pytorch_model.bin", "README.md",
+               "1_Pooling/config.json", "2_Dense/pytorch_model.bin", "2_Dense/config.json", "onnx/model.onnx",
+               "openvino/openvino_model.xml"]
     assert choose_files(encoder, encoder=True) == ["1_Pooling/config.json", "2_Dense/config.json",
                                                    "2_Dense/pytorch_model.bin", "README.md", "config.json",
                                                    "model.safetensors", "modules.json"]
