@@ -183,8 +183,8 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
 
 def test_file_choice_and_encoder_names() -> None:
     shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
-    repo = ["config.json", *shards, "pytorch_model.bin", "tokenizer.model", "merges.txt", "README.md", "onnx/model.onnx",
-            "original/consolidated.00.pth", "chat_template.jinja", "tf_model.h5", ".gitattributes"]
+    repo = ["config.json", *shards, "pytorch_model.bin", "tokenizer.model", "merges.txt", "README.md",
+            "onnx/model.onnx", "original/consolidated.00.pth", "chat_template.jinja", "tf_model.h5", ".gitattributes"]
     assert choose_files(repo) == ["chat_template.jinja", "config.json", "merges.txt", *shards, "tokenizer.model"]
     only_bin = ["config.json", "pytorch_model.bin", "training_args.bin"]
     assert choose_files(only_bin) == ["config.json", "pytorch_model.bin"]
