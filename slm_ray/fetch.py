@@ -101,26 +101,27 @@ def _configs(arguments: list[str], print_config: str | None) -> list[Any] | None
 def plan_items(configs: Sequence[Any]) -> list[Item]:
     """The distinct items of ``configs``, in the order first used. Corpus and encoder count only
     for retriever_context, the one mode that reads them."""
-    from slm_ray.preflight.models import hub_cache_dir, hub_endpoint
-
     from slm_ray import hub_fetch
+    from slm_ray.preflight.models import hub_cache_dir, hub_endpoint
 
     cache, endpoint = hub_cache_dir(), hub_endpoint()
     items: dict[tuple[str, ...], Item] = {}
+
+    def add(key: tuple[str, ...], build: Callable[[], Item]) -> None:
+        if key not in items:
+            items[key] = build()
+
     for cfg in configs:
-        model = cfg.model
-        items.setdefault(("model", model.source, model.path, str(model.gguf_file)),
-                         _model_item(model, cache, endpoint))
-        data_cache = Path(cfg.experiment.cache_dir) / "datasets"
-        items.setdefault(_data_key(f"dataset={cfg.dataset.name}", cfg.dataset.path, data_cache),
-                         _data_item(f"dataset={cfg.dataset.name}", cfg.dataset.path, data_cache))
+        model, data_cache = cfg.model, Path(cfg.experiment.cache_dir) / "datasets"
+        add(("model", model.source, model.path, str(model.gguf_file)), lambda: _model_item(model, cache, endpoint))
+        sources = [(f"dataset={cfg.dataset.name}", cfg.dataset.path)]
         if cfg.experiment_mode == "retriever_context":
-            items.setdefault(_data_key(f"corpus={cfg.corpus.name}", cfg.corpus.path, data_cache),
-                             _data_item(f"corpus={cfg.corpus.name}", cfg.corpus.path, data_cache))
-            if cfg.retriever.type == "dense":
-                encoder = cfg.retriever.encoder
-                items.setdefault(("encoder", encoder),
-                                 _encoder_item(encoder, hub_fetch.encoder_cache_dir(cache), endpoint))
+            sources.append((f"corpus={cfg.corpus.name}", cfg.corpus.path))
+        for what, path in sources:
+            add(_data_key(what, path, data_cache), lambda: _data_item(what, path, data_cache))
+        if cfg.experiment_mode == "retriever_context" and cfg.retriever.type == "dense":
+            encoder = cfg.retriever.encoder
+            add(("encoder", encoder), lambda: _encoder_item(encoder, hub_fetch.encoder_cache_dir(cache), endpoint))
     return list(items.values())
 
 
