@@ -107,12 +107,11 @@ def is_cached(repo: str, cache: Path, encoder: bool = False) -> bool:
     snapshot = _snapshot(repo, cache)
     if snapshot is None:
         return False
-    from huggingface_hub import get_cached_repo_tree
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
-
     try:
+        from huggingface_hub import get_cached_repo_tree  # huggingface_hub 2.x keeps the repo's file list
+
         listed = [f.path for f in get_cached_repo_tree(repo, cache_dir=str(cache))]
-    except (CachedRepoTreeNotFoundError, ValueError):  # filled by from_pretrained or an older huggingface_hub
+    except Exception:  # no list: the cache was filled by from_pretrained, or by an older huggingface_hub
         has_weights = any(p.suffix in WEIGHT_SUFFIXES for p in snapshot.iterdir())
         return (snapshot / "config.json").is_file() and has_weights
     wanted = choose_files(listed, encoder)
@@ -150,27 +149,31 @@ def download(repo: str, cache: Path, endpoint: str, encoder: bool = False) -> Fe
 
 
 def explain(exc: Exception, repo: str, endpoint: str, cache: Path, encoder: bool = False) -> str:
-    """One line for a failed download, saying what to check."""
-    import httpx2
-    from huggingface_hub import errors
-
-    if isinstance(exc, errors.GatedRepoError):
+    """One line for a failed download, saying what to check. Errors are told apart by class name, so
+    that this works with every huggingface_hub the supported transformers versions bring (their HTTP
+    clients differ: requests, httpx, httpx2)."""
+    if _is(exc, "GatedRepoError"):
         return f"{repo} is gated on {endpoint}: accept its terms on the hub, then set HF_TOKEN"
-    if isinstance(exc, errors.RepositoryNotFoundError):
+    if _is(exc, "RepositoryNotFoundError"):
         folder = "give an existing folder" if encoder else "a local folder needs model.source=local"
         return f"{repo} not found on {endpoint} (check the repo id; a private repo needs HF_TOKEN; {folder})"
-    if isinstance(exc, errors.RevisionNotFoundError):
+    if _is(exc, "RevisionNotFoundError"):
         return f"{repo} has no branch 'main' on {endpoint}"
-    if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, errors.LocalEntryNotFoundError)):
+    if _is(exc, "ConnectError", "TimeoutException", "ConnectionError", "Timeout", "LocalEntryNotFoundError"):
         return f"the hub at {endpoint} cannot be reached ({type(exc).__name__}): check the network and HF_ENDPOINT"
-    if isinstance(exc, errors.HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else "?"
+    if _is(exc, "HfHubHTTPError"):
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", "?")
         return f"{endpoint} answered HTTP {status} for {repo}: {_first_line(exc)}"
-    if isinstance(exc, errors.HFValidationError):
+    if _is(exc, "HFValidationError"):
         return f"{repo!r} is not a hub repo id (expected org/name, e.g. HuggingFaceTB/SmolLM2-360M-Instruct)"
     if isinstance(exc, OSError):
         return f"cannot write {repo} into {cache}: {exc.strerror or exc}"
     return f"{repo}: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _is(exc: Exception, *names: str) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
 def _first_line(exc: Exception) -> str:
