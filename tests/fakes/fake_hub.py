@@ -58,11 +58,15 @@ class FakeHub:
         self._server.server_close()
 
     def downloads(self, repo: str | None = None) -> list[str]:
-        """The files fetched with GET so far (``repo/file``), of one repo or all."""
+        """The files fetched with GET so far, as ``org/name/file``, of one repo or of all."""
         with self._lock:
-            paths = [p for m, p in self.requests if m == "GET" and "/resolve/" in p]
-        found = [p.lstrip("/").replace("/resolve/", "|", 1) for p in paths]
-        return [f"{r}/{f.split('/', 1)[1]}" for r, f in (x.split("|", 1) for x in found) if repo in (None, r)]
+            paths = [unquote(p) for m, p in self.requests if m == "GET" and "/resolve/" in p]
+        found = []
+        for path in paths:
+            name, _, rest = path.lstrip("/").partition("/resolve/")
+            if repo in (None, name):
+                found.append(f"{name}/{rest.split('/', 1)[1]}")  # rest is {rev}/{file}
+        return found
 
     # --- the repos' content (read once: the folders do not change while served) -----------------
 
