@@ -265,9 +265,9 @@ def fetch_items(items: list[Item]) -> int:
     for item in items:
         try:
             kind, text = item.fetch()
-        except ItemError as exc:
+        except (ItemError, OSError) as exc:  # OSError: a cache folder that cannot be read or written
             failed.append(f"{item.what}: {hub_fetch.redact(str(exc))}")
-            print(f"{item.what}: {item.origin}: FAILED (below)", flush=True)
+            print(one_line(f"{item.what}: {item.origin}: FAILED (below)"), flush=True)
             continue
         outcomes.append(kind)
         print(one_line(f"{item.what}: {item.origin}: {text}"), flush=True)
