@@ -119,8 +119,9 @@ def plan_items(configs: Sequence[Any]) -> list[Item]:
             sources.append((f"corpus={cfg.corpus.name}", cfg.corpus.path))
         for what, path in sources:
             add(_data_key(what, path, data_cache), lambda: _data_item(what, path, data_cache))
-        if cfg.experiment_mode == "retriever_context" and cfg.retriever.type == "dense":
-            encoder = cfg.retriever.encoder
+        dense = {"dense": cfg.retriever, "hybrid": getattr(cfg.retriever, "dense", None)}.get(cfg.retriever.type)
+        if cfg.experiment_mode == "retriever_context" and dense is not None:  # hybrid: its dense part's encoder
+            encoder = dense.encoder
             add(("encoder", encoder), lambda: _encoder_item(encoder, hub_fetch.encoder_cache_dir(cache), endpoint))
     return list(items.values())
 

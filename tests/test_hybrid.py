@@ -109,3 +109,12 @@ def test_a_hybrid_run_records_fused_evidence(make_config, small_corpus: Path) ->
     rows = [json.loads(line) for line in (output_dir(cfg) / PREDICTIONS).read_text().splitlines()]
     assert all([e["rank"] for e in r["retrieved"]] == [1, 2, 3] for r in rows)
     assert all(e["score"] <= 2 / 61 + 1e-6 for r in rows for e in r["retrieved"])  # RRF scores, not BM25's
+
+
+def test_fetch_plans_the_encoder_of_hybrids_dense_part() -> None:
+    from slm_ray.composition import compose_config
+    from slm_ray.fetch import plan_items
+
+    cfg = compose_config(["retriever=hybrid", "retriever.dense.encoder=all-mpnet-base-v2",
+                          "experiment_mode=retriever_context", "model=tiny_llama"])
+    assert "retriever.encoder=all-mpnet-base-v2" in [item.what for item in plan_items([cfg])]
