@@ -292,7 +292,10 @@ def write_outputs(out: Path, report: dict[str, Any]) -> list[str]:
     """compare.png, compare.json, compare.md, each written whole (a temporary file renamed)."""
     from slm_ray.io import atomic_write_json, atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompareError(f"cannot create --out {out}: {exc.strerror or type(exc).__name__} (choose another folder)") from None
     plot = out / "compare.png"
     save_plot(report, plot)
     atomic_write_json(out / "compare.json", report)

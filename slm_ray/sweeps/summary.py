@@ -247,7 +247,8 @@ def paired_comparisons(sweep_dir: Path, rows: list[dict[str, Any]], plan: dict[s
                 skipped.append(f"{what}: {exc}")
                 continue
             if not matched["pairs"] or matched["different"]:
-                skipped.append(f"{what}: the trials answered different questions")
+                why = "share no example" if not matched["pairs"] else "hold other questions under the same ids"
+                skipped.append(f"{what}: the trials {why}")
                 continue
             experiment = (RunFolder(sweep_dir / "trials" / b["trial"]).config() or {}).get("experiment") or {}
             resamples, seed = int(experiment.get("bootstrap_resamples", 1000)), int(experiment.get("seed", 0))
