@@ -416,6 +416,20 @@ def test_summary_skips_pairs_of_failed_or_unfinished_trials_and_says_so(sweep_co
     assert not any(p.endswith("recall_vs_k.png") for p in summary["plots"])  # one finished k is no curve
 
 
+
+def test_summary_skips_a_pair_whose_predictions_are_damaged(sweep_copy: Path) -> None:
+    from slm_ray.sweeps.summary import write_summary
+
+    retrieved = _trial(sweep_copy, "retriever_context", 1)
+    lines = (retrieved / "predictions.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = "{broken\n"
+    (retrieved / "predictions.jsonl").write_text("".join(lines))
+    data = write_summary(sweep_copy)["paired"]
+    assert [(p["label_b"], p["label_a"]) for p in data["pairs"]] == [
+        ("oracle", "closed book"), ("bm25 k=2", "closed book"), ("bm25 k=2", "oracle")]
+    assert len(data["skipped"]) == 2
+    assert all("predictions.jsonl:3: not valid JSON" in line for line in data["skipped"]), data["skipped"]
+
 # --- the real SmolLM2-135M ------------------------------------------------------------------------------
 
 
