@@ -212,7 +212,7 @@ def test_compare_two_run_folders_writes_the_paired_table(tiny_sweep: Path, tmp_p
     assert report["n_matched"] == N_QUESTIONS and report["only_a"] == report["only_b"] == 0
     assert report["bootstrap"] == {"resamples": 300, "seed": 5, "confidence": 0.95}
     assert list(report["metrics"]) == ["token_recall", "exact_match", "f1", "match"]
-    assert report["only_in_b"] == ["retrieval_recall"]  # only the retrieval run has passages to score
+    assert report["only_in_b"] == ["retrieval_recall", "retrieval_mrr"]  # only the retrieval run has passages
     results = {"a": _results(closed)["metrics"], "b": _results(retrieved)["metrics"]}
     rows_a, rows_b = _predictions(closed), _predictions(retrieved)
     for metric, stats in report["metrics"].items():
