@@ -166,7 +166,7 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
     """
     examples = build_dataset(cfg)
     masked = mask_secrets(cfg.model_dump(by_alias=True))
-    inputs = run_inputs(cfg, examples)
+    inputs = run_inputs(cfg, examples, decide_dtypes=True)
     if expected_inputs:
         changes = inputs.changes_from(Inputs.from_json(expected_inputs))
         if changes:
