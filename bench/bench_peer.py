@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_generation's p
 
 MODES = ("no_context", "oracle_context", "retriever_context")
 RESULTS = Path(__file__).resolve().parent / "results" / "peer.json"
-PEER_BATCHES: tuple[int | str, ...] = (1, 16, "auto")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32", "bfloat16"], help="slm_ray's dtypes")
     parser.add_argument("--peer-modes", nargs="+", choices=MODES, default=["no_context"],
                         help="modes lm-eval runs in (default: closed book, the target's mode)")
+    parser.add_argument("--peer-dtypes", nargs="+", default=["float32", "bfloat16"], help="lm-eval's dtypes")
+    parser.add_argument("--peer-batches", nargs="+", default=["1", "16", "auto"], help="lm-eval's batch sizes")
     parser.add_argument("--skip-peer", action="store_true", help="no lm-eval (plain generate only)")
     parser.add_argument("--skip-one-at-a-time", action="store_true", help="no batch-1 plain generate")
     parser.add_argument("--threads", type=int, default=None,
@@ -120,20 +121,34 @@ def peer_task(prompts: list[str], examples: list[Any], folder: Path) -> Any:
     })
 
 
-def peer_answers(folder: Path, dtype: str, batch: int | str, task: Any) -> tuple[float, list[str], Any]:
-    """(seconds in simple_evaluate, answers in dataset order, the batch size lm-eval settled on)."""
+def peer_answers(folder: Path, dtype: str, batch: int | str, task: Any) -> tuple[float, list[str], dict[str, Any]]:
+    """(seconds lm-eval spent generating, answers in dataset order, facts). Only ``generate_until``
+    is timed (batch size detection included): ``simple_evaluate`` also collects environment facts
+    and scores, which slm_ray's side is not timed for either; its whole time is recorded too."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     from slm_ray.generation.base import cut_at_stop
 
     lm = HFLM(pretrained=str(folder), device="cpu", dtype=dtype, batch_size=batch, max_batch_size=64)
+    generating: list[float] = []
+    generate_until = lm.generate_until
+
+    def timed_generate_until(*a: Any, **kw: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return generate_until(*a, **kw)
+        finally:
+            generating.append(time.perf_counter() - started)
+
+    lm.generate_until = timed_generate_until  # type: ignore[method-assign]
     started = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=[task], log_samples=True, bootstrap_iters=0, cache_requests=False)
-    seconds = time.perf_counter() - started
+    total = time.perf_counter() - started
     samples = sorted(out["samples"]["slm_ray_nq_peer"], key=lambda s: s["doc"]["idx"])
     answers = [cut_at_stop(s["resps"][0][0], ("\n",)) for s in samples]
-    return seconds, answers, getattr(lm, "batch_size_per_gpu", batch)
+    return sum(generating), answers, {"batch_used": str(getattr(lm, "batch_size", batch)),
+                                      "simple_evaluate_seconds": round(total, 2)}
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -196,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                        *timed(lambda: generate_answers(fp32.model, fp32.tokenizer, prompts, 1, cfg.model.stop)))
             if not args.skip_peer and mode in args.peer_modes:
                 task = peer_task(prompts, examples, Path(scratch))
-                for dtype in ("float32", "bfloat16"):
-                    for batch in PEER_BATCHES:
-                        seconds, answers, used = peer_answers(folder, dtype, batch, task)
-                        record(f"lm-eval {dtype} batch {batch}", seconds, answers, batch_used=str(used))
+                for dtype in args.peer_dtypes:
+                    for batch in args.peer_batches:
+                        seconds, answers, facts = peer_answers(folder, dtype, int(batch) if batch.isdigit() else batch,
+                                                               task)
+                        record(f"lm-eval {dtype} batch {batch}", seconds, answers, **facts)
             best_generate = sides["generate float32 batch 16"]["examples_per_second"]
             if "generate float32 batch 1" in sides:
                 best_generate = max(best_generate, sides["generate float32 batch 1"]["examples_per_second"])

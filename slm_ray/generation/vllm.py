@@ -37,6 +37,7 @@ from typing import Any, Iterator, Sequence
 
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
+from slm_ray.generation.dtypes import choose_dtype
 
 log = logging.getLogger("slm_ray.generation")
 
@@ -104,7 +105,7 @@ def engine_kwargs(cfg: Any, location: str) -> dict[str, Any]:
     return {
         "model": location,
         "tokenizer": location,
-        "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,  # auto: bf16 on a GPU, as the HF backend
+        "dtype": choose_dtype(cfg.dtype, "cuda")[0],  # auto: bf16 on compute capability 8.0+, as the HF backend
         "seed": cfg.seed,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_model_len": cfg.max_model_len,
