@@ -71,7 +71,6 @@ class Results(BaseModel):
             "examples_per_second": self.throughput.examples_per_second,
             "tokens_per_second": self.throughput.tokens_per_second,
             "model_load_seconds": self.throughput.model_load_seconds,
-            "model_dtype": self.model_info.dtype,
             "model_peak_rss_mb": (self.memory.get("model") or {}).get("peak_rss_mb"),
             "model_peak_gpu_mb": peak_gpu(self.memory.get("model") or {}),
         }
