@@ -14,13 +14,66 @@ from typing import Any, Sequence
 from slm_ray.config import ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("SLM_RAY_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS: tuple[str, ...] = ("model", "dataset", "corpus", "retriever", "prompt", "tracker")
+#: Folders of the user's own options, added to (never replacing) ``conf/``: ``--config-dir DIR`` on
+#: the command line, or ``SLM_RAY_CONFIG_DIR`` (several joined with ``os.pathsep``).
+ENV_CONFIG_DIRS = "SLM_RAY_CONFIG_DIR"
+_added_dirs: list[Path] = []
+
+
+def use_config_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The user config folders of this command (``--config-dir``), replacing any earlier command's."""
+    folders = [_checked_dir(Path(p), "--config-dir") for p in paths]
+    _added_dirs[:] = list(dict.fromkeys(folders))
+    return folders
+
+
+def _checked_dir(path: Path, origin: str) -> Path:
+    folder = path.expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"{origin}: config folder {str(path)!r} does not exist (give a folder holding e.g. "
+                          "model/my_model.yaml)")
+    if "'" in str(folder):
+        raise ConfigError(f"{origin}: config folder {str(folder)!r} has a quote in its path, which Hydra cannot take")
+    return folder
+
+
+def user_config_dirs() -> list[Path]:
+    """The user's config folders, in the order given: ``SLM_RAY_CONFIG_DIR`` first, then ``--config-dir``."""
+    from_env = [_checked_dir(Path(p), ENV_CONFIG_DIRS) for p in os.environ.get(ENV_CONFIG_DIRS, "").split(os.pathsep) if p]
+    return list(dict.fromkeys(from_env + _added_dirs))
+
+
+def config_dirs() -> list[Path]:
+    """Every folder options are taken from: the built-in ``conf/``, then the user's."""
+    return [CONFIG_DIR, *user_config_dirs()]
 
 
 def group_options(group: str) -> list[str]:
-    """The choices of a config group: the YAML files in ``conf/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    """The choices of a config group: the YAML files in ``<folder>/<group>/`` of every config folder."""
+    return sorted({p.stem for folder in config_dirs() for p in (folder / group).glob("*.yaml")
+                   if not p.stem.startswith("_")})
+
+
+def _check_no_shadowing() -> None:
+    """A user option named like a built-in one would be silently ignored (the built-in comes first
+    on Hydra's search path): refuse it instead."""
+    for folder in user_config_dirs():
+        for group in GROUPS:
+            for path in sorted((folder / group).glob("*.yaml")):
+                if (CONFIG_DIR / group / path.name).exists():
+                    raise ConfigError(f"{path} has the name of the built-in {group} option {path.stem!r}: rename "
+                                      f"it (e.g. {group}=my_{path.stem}); built-in options cannot be replaced")
+
+
+def search_path_override() -> list[str]:
+    """The Hydra override that puts the user's config folders on the search path (none without)."""
+    folders = user_config_dirs()
+    if not folders:
+        return []
+    _check_no_shadowing()
+    return ["hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in folders) + "]"]
 
 
 def _explain(exc: Exception, overrides: Sequence[str]) -> str:
@@ -49,6 +102,15 @@ def _explain(exc: Exception, overrides: Sequence[str]) -> str:
 
 def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The composed config as a plain, resolved dict (interpolations applied)."""
+    return _compose(overrides, with_hydra=False)
+
+
+def compose_hydra(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Hydra's own config for these overrides (``--cfg hydra``): its search path, choices, overrides."""
+    return _compose(overrides, with_hydra=True)
+
+
+def _compose(overrides: Sequence[str], with_hydra: bool) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -56,7 +118,12 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=[*overrides, *search_path_override()],
+                          return_hydra_config=with_hydra)
+        if with_hydra:  # only what Hydra resolves without a running app
+            raw = OmegaConf.to_container(cfg.hydra, resolve=False)
+            assert isinstance(raw, dict)
+            return {key: raw[key] for key in ("searchpath", "overrides", "runtime", "job") if key in raw}
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", "") or "a key"
@@ -88,3 +155,16 @@ def expand_overrides(overrides: Sequence[str]) -> list[list[str]]:
 def compose_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Compose and validate: the one way entry points and tests get an ``ExperimentConfig``."""
     return validate_config(compose_raw(overrides))
+
+
+def print_configs(which: str, jobs: list[dict[str, Any]], overrides: Sequence[str]) -> None:
+    """``--cfg job|hydra|all`` as Hydra prints it: YAML, one document per job of a multirun."""
+    from omegaconf import OmegaConf
+
+    if which in ("hydra", "all"):
+        print("# hydra\n" + OmegaConf.to_yaml(compose_hydra(expand_overrides(overrides)[0])).rstrip())
+    if which in ("job", "all"):
+        for number, job in enumerate(jobs):
+            if len(jobs) > 1 or which == "all":
+                print(f"---\n# job {number + 1} of {len(jobs)}" if len(jobs) > 1 else "---\n# job")
+            print(OmegaConf.to_yaml(job).rstrip())

@@ -90,6 +90,8 @@ class DatasetConfig(Section):
     limit: int | None = Field(default=None, ge=1)
     sample: bool = False
     seed: int = 0
+    #: A BEIR folder's qrels split (``qrels/<split>.tsv``); default ``test``, or the only one there.
+    split: str | None = None
 
     @field_validator("fields")
     @classmethod
@@ -142,7 +144,21 @@ class DenseConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-RetrieverConfig = Annotated[Union[BM25Config, DenseConfig], Field(discriminator="type")]
+class HybridConfig(Section):
+    """BM25 and dense rankings fused by reciprocal rank fusion: a passage scores
+    ``sum(1 / (rrf_k + rank))`` over the two lists, each cut at ``depth``."""
+
+    target: str = Field(default="slm_ray.retrieval.hybrid.HybridRetriever", alias="_target_")
+    type: Literal["hybrid"] = "hybrid"
+    name: FolderName = "hybrid"
+    k: int = Field(default=5, ge=1, le=100)
+    rrf_k: float = Field(default=60.0, ge=0.0)
+    depth: int = Field(default=100, ge=1, le=1000)
+    bm25: BM25Config = Field(default_factory=BM25Config)
+    dense: DenseConfig = Field(default_factory=DenseConfig)
+
+
+RetrieverConfig = Annotated[Union[BM25Config, DenseConfig, HybridConfig], Field(discriminator="type")]
 
 
 class PromptConfig(Section):
@@ -252,10 +268,15 @@ def import_object(dotted: str) -> Any:
         raise ConfigError(f"_target_={dotted!r} cannot be imported: {exc}") from None
 
 
+RETRIEVER_TYPES = ("bm25", "dense", "hybrid")
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     """The first problem of a pydantic error as ``key=value: what is wrong``."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("bm25", "dense"))]
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) > 1 and loc[0] == "retriever" and loc[1] in RETRIEVER_TYPES:
+        del loc[1]  # the union's tag, not a key the user wrote
     key = ".".join(loc) or "config"
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"

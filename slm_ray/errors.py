@@ -29,3 +29,8 @@ class PreflightError(SlmRayError):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+
+
+class CompareError(SlmRayError):
+    """Two runs cannot be compared: a folder that is not a finished run, an unknown trial, runs that
+    share no example, or an output file that is not a previous comparison's."""

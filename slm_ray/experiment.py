@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import socket
+import sys
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
@@ -23,9 +24,12 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from slm_ray.config import ExperimentConfig, import_object
 from slm_ray.data.base import Passage, QAExample
 from slm_ray.errors import SlmRayError
+from slm_ray.evaluation.evidence import passage_evidence, scored_text, with_rank_metrics
 from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
+from slm_ray.evaluation.retrieval_check import low_recall_warning
 from slm_ray.generation.base import BaseModel
+from slm_ray.logs import FILE_ONLY
 from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
                                  RunSession, aggregate_segments, now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
@@ -75,14 +79,18 @@ def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Re
         return [None] * len(examples)
     if mode == "oracle_context":
         return [list(e.gold_passages) for e in examples]
+    return [[h.passage for h in row] for row in retrieve_for(cfg, examples, retriever)]
+
+
+def retrieve_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Retriever | None) -> list[list[Any]]:
+    """The top-k hits (passage and score, best first) of each example, in batches."""
     assert retriever is not None
-    passages: list[list[Passage] | None] = []
+    hits: list[list[Any]] = []
     step = cfg.experiment.retrieval_batch_size
     for start in range(0, len(examples), step):
         batch = examples[start:start + step]
-        hits = retriever.retrieve([e.question for e in batch], cfg.retriever.k)
-        passages.extend([h.passage for h in row] for row in hits)
-    return passages
+        hits.extend(retriever.retrieve([e.question for e in batch], cfg.retriever.k))
+    return hits
 
 
 def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[str, Any],
@@ -93,6 +101,7 @@ def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[st
     metrics = aggregate([r["metrics"] for r in rows], n_resamples=cfg.experiment.bootstrap_resamples,
                         seed=cfg.experiment.seed)
     seconds = timing.get("generation_seconds", 0.0)
+    retrieval = cfg.experiment_mode == "retriever_context"
     return {
         "experiment": cfg.run_name,
         "experiment_mode": cfg.experiment_mode,
@@ -103,6 +112,8 @@ def summarize(cfg: ExperimentConfig, rows: list[dict[str, Any]], timing: dict[st
         "n_examples": len(rows),
         "n_truncated_contexts": sum(1 for r in rows if r.get("context_truncated")),
         "metrics": metrics,
+        "retrieval_warning": low_recall_warning(metrics, cfg.retriever.k, cfg.corpus.name, cfg.dataset.name)
+        if retrieval else None,
         "throughput": {
             "generation_seconds": round(seconds, 3),
             "examples_per_second": round(timing.get("generated_examples", 0) / seconds, 3) if seconds else None,
@@ -131,10 +142,11 @@ def versions() -> dict[str, str]:
 
 
 def _prediction_row(example: QAExample, passages: list[Passage] | None, text: str, generation: Any,
-                    truncated: bool, retrieved: bool) -> dict[str, Any]:
-    """One line of predictions.jsonl; recall@k is scored only for retrieved passages."""
-    texts = [f"{p.title}\n{p.text}" for p in passages] if retrieved and passages is not None else None
-    return {
+                    truncated: bool, hits: list[Any] | None) -> dict[str, Any]:
+    """One line of predictions.jsonl; recall@k, the reciprocal rank and each passage's evidence
+    (``retrieved``, ``first_answer_rank``) only for retrieved passages (``hits``)."""
+    texts = [scored_text(p.title, p.text) for p in passages] if hits is not None and passages is not None else None
+    row = {
         "id": example.id,
         "question": example.question,
         "answers": list(example.answers),
@@ -145,12 +157,19 @@ def _prediction_row(example: QAExample, passages: list[Passage] | None, text: st
         "generated_tokens": generation.generated_tokens,
         "metrics": score_example(text, example.answers, texts),
     }
+    if hits is not None:
+        row.update(passage_evidence(hits, example.answers))
+    return row
 
 
 def _running(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
-    rows = list(rows)
-    keys = rows[0]["metrics"].keys() if rows else ()
-    return {k: sum(r["metrics"][k] for r in rows) / len(rows) for k in keys}
+    """Running means; a metric is averaged over the rows that have it (older lines of a resumed run
+    may lack a newer metric)."""
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row["metrics"].items():
+            columns.setdefault(key, []).append(value)
+    return {k: sum(values) / len(values) for k, values in columns.items()}
 
 
 def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, retriever: Retriever | None = None,
@@ -164,6 +183,13 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
     runs; a finished run is returned as it is, without writing anything. ``expected_inputs``: what a
     sweep's driver checked before it started (a sweep trial): data changed since then is refused.
     """
+    with capture_records() as earlier:  # for run.log, which opens once the folder is ours
+        return _run_experiment(cfg, generator, retriever, progress, show_progress, expected_inputs, earlier)
+
+
+def _run_experiment(cfg: ExperimentConfig, generator: GeneratorSource, retriever: Retriever | None,
+                    progress: ProgressCallback | None, show_progress: bool, expected_inputs: dict[str, Any] | None,
+                    earlier: list[logging.LogRecord]) -> dict[str, Any]:
     examples = build_dataset(cfg)
     masked = mask_secrets(cfg.model_dump(by_alias=True))
     inputs = run_inputs(cfg, examples, decide_dtypes=True)
@@ -183,7 +209,7 @@ def run_experiment(cfg: ExperimentConfig, *, generator: GeneratorSource = None, 
             results = session.folder.raw_results()
             assert results is not None
             return results
-        return _run(cfg, session, examples, generator, retriever, progress, show_progress)
+        return _run(cfg, session, examples, generator, retriever, progress, show_progress, earlier)
     except SlmRayError:
         session.close(discard=True)  # a refused run removes the files it wrote into a folder it created
         raise
@@ -199,7 +225,8 @@ def _new_segment() -> dict[str, Any]:
 
 
 def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], generator: GeneratorSource,
-         retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool) -> dict[str, Any]:
+         retriever: Retriever | None, progress: ProgressCallback | None, show_progress: bool,
+         earlier: list[logging.LogRecord]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     pending = [e for e in examples if e.id not in session.done]
@@ -209,6 +236,7 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
     stack = ExitStack()
     try:
         contexts: list[list[Passage] | None] = []
+        hits: list[list[Any]] | None = None
         if pending:
             started = time.perf_counter()
             # A borrowed retriever (the sweep's shared actor) measures its memory in its own process.
@@ -217,13 +245,16 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
                 if cfg.experiment_mode == "retriever_context":
                     retriever = retriever or build_local_retriever(cfg)
                     segment["retriever_info"] = getattr(retriever, "describe", lambda: None)()
-                contexts = contexts_for(cfg, pending, retriever)
+                    hits = retrieve_for(cfg, pending, retriever)
+                    contexts = [[h.passage for h in row] for row in hits]
+                else:
+                    contexts = contexts_for(cfg, pending, retriever)
             segment["retrieval_seconds"] = time.perf_counter() - started
             with monitor.phase("model"):
                 generator = generator(cfg) if callable(generator) else generator or build_generator(cfg)
                 generator.adopt(cfg.model)  # a kept-loaded model decodes with this run's settings
         session.start()
-        stack.enter_context(log_to_file(session.path / LOG))
+        stack.enter_context(log_to_file(session.path / LOG, earlier))
         log.info("%s: %d examples, %d already done", cfg.run_name, len(examples), len(session.done))
         tracker = build_tracker(cfg.tracker, cfg.run_name, _tags(cfg))
         tracker.log_params(session.config)
@@ -233,8 +264,9 @@ def _run(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample], 
             with monitor.phase("model"):
                 built = _build_prompts(cfg, generator, pending, contexts)
                 bar = tqdm(total=len(examples), initial=len(session.done), desc=cfg.run_name, unit="q",
-                           disable=not show_progress)
-                _generate(cfg, generator, pending, built, contexts, session, segment, tracker, monitor, progress, bar)
+                           disable=not show_progress or not sys.stderr.isatty())  # else log lines say it
+                _generate(cfg, generator, pending, built, contexts, hits, session, segment, tracker, monitor, progress,
+                          bar)
             segment["model_info"] = generator.describe()
             segment["finished"] = now_iso()
             session.save_segment(segment)
@@ -276,11 +308,16 @@ def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample
     totals = aggregate_segments(segments)
     memory = _memory_file(session, summary, generated_here, segments, totals["memory"])
     order = {e.id: i for i, e in enumerate(examples)}
-    ordered = sorted((r for r in session.done.values() if r["id"] in order), key=lambda r: order[r["id"]])
+    ordered = sorted((with_rank_metrics(r) for r in session.done.values() if r["id"] in order),
+                     key=lambda r: order[r["id"]])
     model_info = next((s["model_info"] for s in reversed(segments) if s.get("model_info")), None)
     retriever_info = next((s["retriever_info"] for s in reversed(segments) if s.get("retriever_info")), None)
     results = summarize(cfg, ordered, totals, model_info or {}, retriever_info, memory)
+    if results.get("retrieval_warning"):
+        log.warning("%s: %s", cfg.run_name, results["retrieval_warning"])
     session.finish(results, memory)
+    log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], ", ".join(
+        f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in results["metrics"].items()))
     out = session.path
     tracker.log_final({f"{k}": v["mean"] for k, v in results["metrics"].items()})
     for name in (RESULTS, PREDICTIONS, MEMORY, CONFIG):
@@ -291,23 +328,58 @@ def _finish(cfg: ExperimentConfig, session: RunSession, examples: list[QAExample
     return results
 
 
+class _Recorder(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]):
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Copy slm_ray's log records into the run folder's run.log while the run lasts."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    package_logger = logging.getLogger("slm_ray")
-    previous_level = package_logger.level
-    if package_logger.getEffectiveLevel() > logging.INFO:
-        package_logger.setLevel(logging.INFO)
-    package_logger.addHandler(handler)
+def _info_level(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` passes INFO records while the block lasts (run.log wants them even without --debug)."""
+    previous_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous_level)
-        handler.close()
+        logger.setLevel(previous_level)
+
+
+@contextmanager
+def capture_records() -> Iterator[list[logging.LogRecord]]:
+    """slm_ray's records from the start of a run (dataset, index, model load), kept for run.log."""
+    records: list[logging.LogRecord] = []
+    recorder = _Recorder(records)
+    package_logger = logging.getLogger("slm_ray")
+    with _info_level(package_logger):
+        package_logger.addHandler(recorder)
+        try:
+            yield records
+        finally:
+            package_logger.removeHandler(recorder)
+
+
+@contextmanager
+def log_to_file(path: Path, earlier: Iterable[logging.LogRecord] = ()) -> Iterator[None]:
+    """Copy slm_ray's log records into the run folder's run.log while the run lasts, after the
+    ``earlier`` ones of this run (those from before the folder could be written)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for record in earlier:
+        handler.handle(record)
+    package_logger = logging.getLogger("slm_ray")
+    with _info_level(package_logger):
+        package_logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            package_logger.removeHandler(handler)
+            handler.close()
 
 
 def _build_prompts(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample],
@@ -327,17 +399,19 @@ def _build_prompts(cfg: ExperimentConfig, generator: BaseModel, pending: list[QA
 
 
 def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExample], built: list[tuple[str, bool]],
-              contexts: list[list[Passage] | None], session: RunSession, segment: dict[str, Any], tracker: Any,
-              monitor: MemoryMonitor, progress: ProgressCallback | None, bar: Any) -> None:
+              contexts: list[list[Passage] | None], hits: list[list[Any]] | None, session: RunSession,
+              segment: dict[str, Any], tracker: Any, monitor: MemoryMonitor, progress: ProgressCallback | None,
+              bar: Any) -> None:
     """Answer ``pending`` batch by batch, appending each batch to predictions.jsonl as it lands and
-    saving the segment's counts, time and memory peaks with it."""
-    retrieved = cfg.experiment_mode == "retriever_context"
+    saving the segment's counts, time and memory peaks with it. ``hits``: the retrieved passages
+    with their scores (retriever_context only)."""
     total = len(session.done) + len(pending)
     last_logged = 0
     started = time.perf_counter()
     with bar:
         for indices, generations in generator.generate_batches([p for p, _ in built]):
-            batch_rows = [_prediction_row(pending[i], contexts[i], g.text, g, built[i][1], retrieved)
+            batch_rows = [_prediction_row(pending[i], contexts[i], g.text, g, built[i][1],
+                                          hits[i] if hits is not None else None)
                           for i, g in zip(indices, generations)]
             session.append(batch_rows)
             segment["generated_tokens"] += sum(g.generated_tokens for g in generations)
@@ -350,6 +424,9 @@ def _generate(cfg: ExperimentConfig, generator: BaseModel, pending: list[QAExamp
             bar.set_postfix(token_recall=f"{running.get('token_recall', 0):.3f}")
             if len(session.done) - last_logged >= PROGRESS_EVERY or len(session.done) == total:
                 last_logged = len(session.done)
+                log.info("%d/%d examples, %.2f ex/s, running token recall %.3f", len(session.done), total,
+                         segment["generated_examples"] / max(segment["generation_seconds"], 1e-9),
+                         running.get("token_recall", 0.0), extra=FILE_ONLY if not bar.disable else None)
                 _stream(tracker, running, segment, monitor, len(session.done), progress)
 
 

@@ -1,7 +1,7 @@
 """Rebuild a sweep's summary from its trial folders, or check every number of it.
 
-    python -m slm_ray.report outputs/sweeps/sizes_500
-    python -m slm_ray.report --verify outputs/sweeps/sizes_500      (or an experiment folder)
+    slm-ray report outputs/sweeps/sizes_500
+    slm-ray report --verify outputs/sweeps/sizes_500      (or an experiment folder)
 
 Reads trials/*/results.json and trial.json (plus sweep.json and sweep_stats.json when present) and
 writes summary.csv, summary.json, summary.md and the plots (token_recall.png, memory.png,
@@ -27,6 +27,8 @@ from typing import Any, Sequence
 from slm_ray.cli import run_cli
 
 VERIFY_FAILED = 1
+#: Metrics added after runs were already on disk: a line or results.json without them is older, not wrong.
+LATER_METRICS = frozenset({"retrieval_mrr"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +44,7 @@ def _report(arguments: list[str], print_config: bool) -> int:
     from slm_ray.sweeps.summary import write_summary
 
     if len(arguments) != 1:
-        raise SlmRayError("give one sweep folder: python -m slm_ray.report outputs/sweeps/<name>")
+        raise SlmRayError("give one sweep folder: slm-ray report outputs/sweeps/<name>")
     folder = Path(arguments[0])
     if not folder.is_dir():
         raise SlmRayError(f"sweep folder not found: {folder}")
@@ -61,7 +63,7 @@ def _verify_cli(arguments: list[str], print_config: bool) -> int:
     from slm_ray.errors import SlmRayError
 
     if len(arguments) != 1:
-        raise SlmRayError("give one folder: python -m slm_ray.report --verify <sweep folder or experiment folder>")
+        raise SlmRayError("give one folder: slm-ray report --verify <sweep folder or experiment folder>")
     folder = Path(arguments[0])
     if not folder.is_dir():
         raise SlmRayError(f"folder not found: {folder}")
@@ -160,6 +162,8 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
                  if mode == "retriever_context" and contexts is not None else None)
         score = score_example(row.get("prediction") or "", list(row.get("answers") or []), texts)
         for metric, value in score.items():
+            if metric in LATER_METRICS and metric not in (row.get("metrics") or {}):
+                continue  # a line written before the metric existed
             stored = (row.get("metrics") or {}).get(metric)
             if not _same(stored, value):
                 problems.append(f"{name}: example {row.get('id')!r} {metric}: predictions.jsonl says {stored}, "
@@ -171,6 +175,8 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
                         f"recomputed {len(ordered)}")
     stored_metrics = results.get("metrics") or {}
     for metric in sorted(set(metrics) | set(stored_metrics)):
+        if metric in LATER_METRICS and metric not in stored_metrics:
+            continue  # results.json written before the metric existed
         for field in ("mean", "ci_low", "ci_high", "n"):
             stored = (stored_metrics.get(metric) or {}).get(field)
             value = (metrics.get(metric) or {}).get(field)

@@ -58,6 +58,8 @@ class Results(BaseModel):
     n_examples: int
     n_truncated_contexts: int = 0
     metrics: dict[str, MetricSummary]
+    #: Set when retrieved passages almost never hold an answer (slm_ray.evaluation.retrieval_check).
+    retrieval_warning: str | None = None
     throughput: Throughput
     memory: dict[str, dict[str, float | None]] = {}
     segments: int = 1

@@ -1,19 +1,23 @@
-"""Run one experiment, or a few in a row with Hydra's sweep syntax (``key=a,b``).
+"""Run one experiment, or a few in a row with Hydra's multirun syntax (``key=a,b``).
 
-    python -m slm_ray.run                                   # SmolLM2-135M (packaged), NQ, closed book
-    python -m slm_ray.run experiment_mode=oracle_context dataset.limit=200
-    python -m slm_ray.run experiment_mode=no_context,oracle_context,retriever_context dataset.limit=200
-    python -m slm_ray.run model=qwen3_0.6b dataset=simpleqa experiment_mode=retriever_context retriever=dense
-    python -m slm_ray.run --cfg model=tiny_llama            # print the composed config and exit
+    slm-ray run                                   # SmolLM2-135M (packaged), NQ, closed book
+    slm-ray run experiment_mode=oracle_context dataset.limit=200
+    slm-ray run -m experiment_mode=no_context,oracle_context,retriever_context dataset.limit=200
+    slm-ray run model=qwen3_0.6b dataset=simpleqa experiment_mode=retriever_context retriever=dense
+    slm-ray run --cfg job model=tiny_llama        # print the composed config and exit
+    slm-ray run --config-dir my_conf model=my_model   # your own options next to conf/
 
 Arguments are Hydra overrides (``group=option``, ``key=value``; ``key=a,b`` runs each value in turn,
-loading the model once). Results go to ``outputs/<experiment.name>/``: results.json,
-predictions.jsonl, memory_usage.json, config.json, run.log. For grids on Ray use ``slm_ray.sweep``.
+with or without ``-m``/``--multirun``, loading the model once).
+Options: --cfg job|hydra|all (print that config as YAML and exit; a bare --cfg is --cfg job),
+--config-dir DIR (a folder of your own options, e.g. DIR/model/my_model.yaml, added to conf/;
+SLM_RAY_CONFIG_DIR adds folders too), -m/--multirun, --debug (full tracebacks), --help.
+Results go to ``outputs/<experiment.name>/``: results.json, predictions.jsonl, memory_usage.json,
+config.json, run.log. For grids on Ray use ``slm-ray sweep``. (``python -m slm_ray.run`` is the same.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any, Sequence
@@ -43,18 +47,19 @@ class KeepLoaded:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, __doc__ or "", argv)
+    return run_cli(_run, __doc__ or "", argv, hydra_flags=True)
 
 
-def _run(overrides: list[str], print_config: bool) -> int:
+def _run(overrides: list[str], print_config: str | None) -> int:
     from slm_ray.composition import compose_config, expand_overrides
     from slm_ray.data.storage import load_env_file
 
     load_env_file()
     configs = [compose_config(combo) for combo in expand_overrides(overrides)]  # all checked before any runs
     if print_config:
-        print(json.dumps([c.model_dump(by_alias=True) for c in configs] if len(configs) > 1
-                         else configs[0].model_dump(by_alias=True), indent=2))
+        from slm_ray.composition import print_configs
+
+        print_configs(print_config, [c.model_dump(by_alias=True) for c in configs], overrides)
         return 0
     if len({c.run_name for c in configs}) < len(configs):
         from slm_ray.errors import ConfigError
@@ -68,10 +73,7 @@ def _run(overrides: list[str], print_config: bool) -> int:
 
     keep_loaded = KeepLoaded()
     for cfg in configs:
-        results = run_experiment(cfg, generator=keep_loaded)
-        metrics = results["metrics"]
-        summary = ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in metrics.items())
-        log.info("%s: %d examples, %s", cfg.run_name, results["n_examples"], summary)
+        run_experiment(cfg, generator=keep_loaded)  # logs the metrics line, into run.log too
         print(f"results: {output_dir(cfg) / 'results.json'}")
     return 0
 

@@ -426,9 +426,9 @@ def corpus_source_digest(corpus_cfg: Any, cache_dir: str) -> str:
 
         files = [NQ_OPEN_ORACLE, WIKI_DISTRACTORS]
     else:
-        from slm_ray.data.storage import resolve_path
+        from slm_ray.data.corpus import corpus_file
 
-        files = [resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets")]
+        files = [corpus_file(corpus_cfg, cache_dir)]  # a BEIR folder: its corpus.jsonl
     return stable_hash([file_digest(f) for f in files], 16)
 
 

@@ -1,16 +1,17 @@
 """Run a sweep: every trial of a sweep file, distributed with Ray (Tune drives the trials).
 
-    python -m slm_ray.sweep sweeps/size_comparison.yaml
-    python -m slm_ray.sweep sweeps/size_comparison.yaml dataset.limit=500 --name sizes_500
-    python -m slm_ray.sweep sweeps/smoke.yaml                     # offline, CPU, a few minutes
-    python -m slm_ray.sweep sweeps/size_comparison.yaml --address auto   # on a running Ray cluster
-    python -m slm_ray.sweep --cfg sweeps/retriever_comparison.yaml       # print the trials and exit
+    slm-ray sweep sweeps/size_comparison.yaml
+    slm-ray sweep sweeps/size_comparison.yaml dataset.limit=500 --name sizes_500
+    slm-ray sweep sweeps/smoke.yaml                     # offline, CPU, a few minutes
+    slm-ray sweep sweeps/size_comparison.yaml --address auto   # on a running Ray cluster
+    slm-ray sweep --cfg sweeps/retriever_comparison.yaml       # print the trials and exit
 
 Arguments: the sweep file, then Hydra overrides applied to every trial (key=value).
 Options: --name NAME (folder and ClearML project, default the file's name), --address ADDR (an
 existing Ray cluster; default: start a local one), --dashboard / --no-dashboard (whether that local
 Ray runs its dashboard; default: on with 4 or more CPUs, where it costs little), --cfg (print the
-plan only), --debug.
+plan only; --cfg hydra|all adds Hydra's own config), --config-dir DIR (a folder of your own
+options, added to conf/), -m/--multirun (accepted: a sweep is always a multirun), --debug.
 
 Every trial is composed and validated before Ray starts; a bad sweep file exits 2 and writes nothing.
 Results go to <experiment.output_dir>/sweeps/<name>/: trials/<trial>/ (one experiment each),
@@ -66,20 +67,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
-    return run_cli(lambda overrides, print_config: _sweep(overrides, print_config, flags), __doc__ or "", rest)
+    return run_cli(lambda overrides, print_config: _sweep(overrides, print_config, flags), __doc__ or "", rest,
+                   hydra_flags=True)
 
 
-def _sweep(arguments: list[str], print_config: bool, flags: dict[str, str]) -> int:
+def _sweep(arguments: list[str], print_config: str | None, flags: dict[str, str]) -> int:
     from slm_ray.data.storage import load_env_file
     from slm_ray.sweeps.spec import SweepError, load_sweep
 
     if not arguments or "=" in arguments[0]:
-        raise SweepError("give the sweep file first: python -m slm_ray.sweep SWEEP.yaml [key=value ...] "
+        raise SweepError("give the sweep file first: slm-ray sweep SWEEP.yaml [key=value ...] "
                          "[--name NAME] [--address ADDR]")
     load_env_file()
     plan = load_sweep(arguments[0], arguments[1:], name=flags.get("name"))
     if print_config:
-        print(plan.render())
+        if print_config in ("hydra", "all"):
+            from omegaconf import OmegaConf
+
+            from slm_ray.composition import compose_hydra
+
+            print("# hydra\n" + OmegaConf.to_yaml(compose_hydra([*plan.overrides, *plan.cli_overrides])).rstrip())
+        if print_config in ("job", "all"):
+            print(plan.render())
         return 0
     check_sweep(plan, flags.get("address"))  # models, devices, the cluster: refused before Ray starts
     from slm_ray.sweeps.engine import run_sweep

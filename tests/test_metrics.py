@@ -10,6 +10,8 @@ from slm_ray.evaluation.metrics import (
     exact_match,
     match,
     normalize_answer,
+    passages_with_answer,
+    reciprocal_rank,
     retrieval_recall,
     score_example,
     token_f1,
@@ -128,7 +130,17 @@ def test_score_example_keys():
     assert closed_book == {"token_recall": 1.0, "exact_match": 1.0, "f1": 1.0, "match": 1.0}
     retrieved = score_example("Paris", ["Paris"], ["Berlin is in Germany."])
     assert retrieved["retrieval_recall"] == 0.0
-    assert set(retrieved) == set(closed_book) | {"retrieval_recall"}
+    assert set(retrieved) == set(closed_book) | {"retrieval_recall", "retrieval_mrr"}
+
+
+def test_reciprocal_rank_of_the_first_answer_bearing_passage():
+    passages = ["Berlin is in Germany.", "Lyon is a city.", "Paris is the capital.", "Paris again."]
+    assert passages_with_answer(passages, ["Paris"]) == [False, False, True, True]
+    assert score_example("x", ["Paris"], passages)["retrieval_mrr"] == pytest.approx(1 / 3)
+    assert score_example("x", ["Paris"], passages[2:])["retrieval_mrr"] == 1.0
+    assert score_example("x", ["Rome"], passages)["retrieval_mrr"] == 0.0  # none holds it: 0, not missing
+    assert reciprocal_rank([]) == 0.0
+    assert passages_with_answer(["The Paris."], ["the paris"]) == [True]  # SQuAD normalisation, both sides
 
 
 def test_bootstrap_ci_contains_mean():
@@ -184,7 +196,7 @@ def test_aggregate_per_metric():
         score_example("Paris", ["Paris"], ["Lyon is a city."]),
     ]
     summary = aggregate(rows, n_resamples=200, seed=1)
-    assert list(summary) == ["token_recall", "exact_match", "f1", "match", "retrieval_recall"]
+    assert list(summary) == ["token_recall", "exact_match", "f1", "match", "retrieval_recall", "retrieval_mrr"]
     assert summary["token_recall"]["n"] == 3
     assert summary["token_recall"]["mean"] == pytest.approx(2 / 3)
     assert summary["retrieval_recall"]["n"] == 2

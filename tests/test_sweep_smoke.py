@@ -17,13 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_smoke_sweep_command(sweep_env: Path, sweep_cache_dir: Path, small_corpus: Path) -> None:
-    command = [sys.executable, "-m", "slm_ray.sweep", str(REPO / "sweeps" / "smoke.yaml"), "dataset.limit=3",
-               "corpus=file", f"corpus.path={small_corpus}", f"experiment.cache_dir={sweep_cache_dir}", "--dashboard"]
+    command = [str(Path(sys.executable).parent / "slm-ray"), "sweep", str(REPO / "sweeps" / "smoke.yaml"),
+               "dataset.limit=3", "corpus=file", f"corpus.path={small_corpus}",
+               f"experiment.cache_dir={sweep_cache_dir}", "--dashboard"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(command, cwd=sweep_env, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ray dashboard: http" in done.stdout
     sweep_dir = sweep_env / "outputs" / "sweeps" / "smoke"
+    # The console a user reads: no worker output, no bars, short lines, ending with the summary's path.
+    lines = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in lines if "pid=" in line or "%|" in line or "WARNING" in line], lines
+    assert max(map(len, lines)) <= 200 and len(lines) <= 12 * 4 + 20, lines
+    assert any("[generator-" in line and "loaded smollm2_135m_gguf" in line for line in lines), lines
+    assert done.stdout.splitlines()[-1] == f"summary: {sweep_dir / 'summary.md'}"
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["counts"] == {"ok": 12}
     for name in ("summary.csv", "summary.md", "token_recall.png", "memory.png", "throughput.png", "sweep_stats.json"):

@@ -16,7 +16,7 @@ from slm_ray.sweep import split_flags
 from slm_ray.sweeps.spec import SweepError, hydra_value, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 14, "simpleqa": 9, "smoke": 12}
+SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 20, "simpleqa": 9, "smoke": 12}
 
 
 def _sweep(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -218,7 +218,7 @@ def test_cli_cfg_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sweep_main(["--cfg", str(path), "dataset.limit=3", "--name", "named"]) == 0
     out = capsys.readouterr().out
     assert "sweep named: 2 trials -> outputs/sweeps/named" in out
-    assert "python -m slm_ray.run" in out and "dataset.limit=3" in out
+    assert "slm-ray run" in out and "dataset.limit=3" in out
     assert not (tmp_path / "outputs").exists()
 
 

@@ -13,6 +13,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from slm_ray.logs import FILE_ONLY
+
 
 log = logging.getLogger("slm_ray.data")
 
@@ -114,4 +116,6 @@ class BaseDataset(ABC):
                 chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
                 examples = [examples[i] for i in chosen]
         _warn_unmatchable(self.name, examples)
+        log.info("dataset %s: %d examples from %s", self.name, len(examples),
+                 "the packaged file" if self.path == "builtin" else self.path, extra=FILE_ONLY)
         return examples

@@ -1,4 +1,4 @@
-"""Retrieval corpora: the built-in NQ corpus or a user's JSONL/Parquet passages.
+"""Retrieval corpora: the built-in NQ corpus or a user's passages (JSONL/Parquet, a BEIR folder, a DPR file).
 
 Every passage needs a non-empty text (an empty one can only be retrieved in place of a real one)
 and a unique id (retrieval results and indexes are keyed by it); a bad row is refused with one line
@@ -8,10 +8,11 @@ naming it, as for datasets.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
-from slm_ray.data import checks
+from slm_ray.data import beir, checks, dpr
 from slm_ray.data.base import Passage
 from slm_ray.data.builtin import NQ_OPEN_ORACLE, WIKI_DISTRACTORS
 from slm_ray.data.checks import require_columns
@@ -57,19 +58,35 @@ def builtin_nq_corpus() -> list[Passage]:
     return passages
 
 
-def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
-    """The passages of the ``corpus`` config section, every row checked."""
-    if corpus_cfg.path == "builtin":
-        return builtin_nq_corpus()
+def corpus_file(corpus_cfg: Any, cache_dir: str | Path) -> Path:
+    """The local file of a ``corpus=file`` corpus: the file itself (an ``s3://`` one fetched), or a
+    BEIR folder's corpus.jsonl."""
     from slm_ray.data.storage import resolve_path
 
-    path, display = resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets"), corpus_cfg.path
+    path = resolve_path(corpus_cfg.path, Path(cache_dir) / "datasets")
+    return beir.corpus_file(path, corpus_cfg.path) if path.is_dir() else path
+
+
+def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
+    """The passages of the ``corpus`` config section, every row checked: JSONL/Parquet passages
+    (``id``/``title``/``text``, or FlashRAG's ``contents``), a BEIR folder or corpus.jsonl
+    (``_id``), or a DPR-format JSON list (all its passages, deduplicated by text)."""
+    if corpus_cfg.path == "builtin":
+        return builtin_nq_corpus()
+    path, display = corpus_file(corpus_cfg, cache_dir), corpus_cfg.path
+    if Path(corpus_cfg.path).expanduser().is_dir():  # a BEIR folder
+        display = f"{corpus_cfg.path.rstrip('/')}/{path.name}"
     fields = {"id": "id", "title": "title", "text": "text", **corpus_cfg.fields}
     ids = checks.UniqueIds("passage id")
     passages: list[Passage] = []
     dpr_layout = False
-    for row in iter_rows(path, corpus_cfg.format, display):
+    rows = iter_rows(path, corpus_cfg.format, display)
+    for row in rows:
         if row.index == 0:
+            if dpr.is_dpr(row.data):
+                return list(dpr.corpus_passages(itertools.chain([row], rows)))
+            if fields["id"] not in row.data and "_id" in row.data:
+                fields["id"] = "_id"  # BEIR's name for it
             dpr_layout = fields["text"] not in row.data and "contents" in row.data
             if not dpr_layout:
                 require_columns(display, row.data, {"text": fields["text"]}, section="corpus")

@@ -168,11 +168,17 @@ def _text_lines(handle: IO[bytes], display: str) -> Iterator[tuple[int, str]]:
 
 
 def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
+    """JSON Lines; a file whose first non-blank character is ``[`` is one JSON list of objects
+    instead (the DPR training-data layout), its rows named by list index: ``data.json[3]``."""
     with open_bytes(path, display) as handle:
         index = 0
-        for line_no, line in _text_lines(handle, display):
+        lines = _text_lines(handle, display)
+        for line_no, line in lines:
             if not line.strip():
                 continue
+            if index == 0 and line.lstrip().startswith("["):
+                yield from _json_list_rows(line + "".join(rest for _, rest in lines), display)
+                return
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -181,6 +187,19 @@ def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
                 raise DataError(f"{display}:{line_no}: expected a JSON object, got {type(record).__name__}")
             yield Row(f"{display}:{line_no}", index, record)
             index += 1
+
+
+def _json_list_rows(text: str, display: str) -> Iterator[Row]:
+    """The objects of a JSON list, each named ``file[index]``."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{display}:{exc.lineno}: malformed JSON ({exc.msg}; the file starts with '[', "
+                        "so it is read as one JSON list)") from None
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{display}[{index}]: expected a JSON object, got {type(record).__name__}")
+        yield Row(f"{display}[{index}]", index, record)
 
 
 def _csv_header(cells: list[str]) -> list[str]:

@@ -101,15 +101,31 @@ def match(prediction: str, gold_answers: Sequence[str]) -> float:
     return float(any(_contains_phrase(predicted, gold) for gold in _normalized_golds(gold_answers)))
 
 
+def passages_with_answer(passage_texts: Sequence[str], gold_answers: Sequence[str]) -> list[bool]:
+    """For each passage, whether some gold answer occurs in it (as in ``match``): the evidence
+    behind recall@k and the rank of the first answer-bearing passage."""
+    golds = _normalized_golds(gold_answers)
+    found = []
+    for text in passage_texts:
+        passage = normalize_answer(text)
+        found.append(any(_contains_phrase(passage, gold) for gold in golds))
+    return found
+
+
 def retrieval_recall(passage_texts: Sequence[str], gold_answers: Sequence[str]) -> float:
     """1.0 if some gold answer occurs (as in ``match``) in some of the given passages.
 
     With the top-k retrieved passages this is recall@k: it bounds what the reader can achieve
     and separates retrieval failures from reading failures.
     """
-    golds = _normalized_golds(gold_answers)
-    passages = [normalize_answer(text) for text in passage_texts]
-    return float(any(_contains_phrase(p, gold) for p in passages for gold in golds))
+    return float(any(passages_with_answer(passage_texts, gold_answers)))
+
+
+def reciprocal_rank(has_answer: Sequence[bool]) -> float:
+    """1 / rank of the first answer-bearing passage (ranks from 1), 0.0 when none holds an answer:
+    its mean over questions is the MRR, which tells a retriever that puts the answer first from
+    one that finds it at rank k, where recall@k sees no difference."""
+    return next((1.0 / rank for rank, hit in enumerate(has_answer, start=1) if hit), 0.0)
 
 
 def score_example(
@@ -117,8 +133,8 @@ def score_example(
     gold_answers: Sequence[str],
     passage_texts: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """All per-example metrics in one row; ``retrieval_recall`` only when passages were given,
-    so closed-book rows do not report a meaningless 0."""
+    """All per-example metrics in one row; ``retrieval_recall`` and ``retrieval_mrr`` only when
+    passages were given (best first), so closed-book rows do not report a meaningless 0."""
     row = {
         "token_recall": token_recall(prediction, gold_answers),
         "exact_match": exact_match(prediction, gold_answers),
@@ -126,7 +142,9 @@ def score_example(
         "match": match(prediction, gold_answers),
     }
     if passage_texts is not None:
-        row["retrieval_recall"] = retrieval_recall(passage_texts, gold_answers)
+        has_answer = passages_with_answer(passage_texts, gold_answers)
+        row["retrieval_recall"] = float(any(has_answer))
+        row["retrieval_mrr"] = reciprocal_rank(has_answer)
     return row
 
 

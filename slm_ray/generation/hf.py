@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
+from slm_ray.logs import STEP
 
 log = logging.getLogger("slm_ray.generation")
 #: A common prompt prefix shorter than this is recomputed per row rather than given its own pass.
@@ -55,7 +56,7 @@ class HFGenerator(BaseModel):
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._sampler = torch.Generator(device=self.device).manual_seed(config.seed)
         self._since_cleanup = 0
-        log.info("loaded %s on %s in %.1fs", config.name, self.device, self.load_seconds)
+        log.info("loaded %s on %s in %.1fs", config.name, self.device, self.load_seconds, extra=STEP)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

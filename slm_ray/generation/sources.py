@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.errors import ConfigError
+from slm_ray.logs import STEP
 
 log = logging.getLogger("slm_ray.generation")
 
@@ -122,7 +123,8 @@ def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path)
     target = cache_dir / "models" / f"{Path(gguf_file).stem}-{str(dtype).removeprefix('torch.')}"
 
     def build(staging: Path) -> None:
-        log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target)
+        log.info("dequantising %s once (about 20 s on two CPU cores); cached at %s", gguf_file, target,
+                 extra=STEP)
         _dequantise(folder, gguf_file, dtype, staging)
 
     # Two sweep workers starting together: one dequantises, the other waits under the build lock.

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
 from slm_ray.generation.dtypes import choose_dtype
+from slm_ray.logs import STEP
 
 log = logging.getLogger("slm_ray.generation")
 
@@ -207,7 +208,8 @@ class VLLMGenerator(BaseModel):
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_ids = {i for i in {self.tokenizer.eos_token_id, *generation_eos_ids(location)} if i is not None}
         self.sampling_params = vllm.SamplingParams(**sampling_kwargs(config, self.eos_ids))
-        log.info("loaded %s with vLLM %s in %.1fs", config.name, self.vllm_version, self.load_seconds)
+        log.info("loaded %s with vLLM %s in %.1fs", config.name, self.vllm_version, self.load_seconds,
+                 extra=STEP)
 
     def decoding_changed(self) -> None:
         self.sampling_params = import_vllm().SamplingParams(**sampling_kwargs(self.config, self.eos_ids))

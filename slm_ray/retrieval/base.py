@@ -80,11 +80,18 @@ class BaseRetriever(ABC):
         return {"type": self.config.type, "n_passages": len(self.passages)}
 
 
+#: Keys of a nested retriever's settings (the parts of a hybrid) that change neither its index nor its results.
+NESTED_IGNORED_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
+
+
 def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
-    """Folder name of the cached index: retriever type plus a hash of corpus and index settings."""
+    """Folder name of the cached index: retriever type plus a hash of corpus and index settings
+    (for a hybrid: its fusion settings and both parts' settings)."""
     from slm_ray.config import import_object
 
     settings = import_object(retriever_cfg.target).index_settings(retriever_cfg)
+    settings = {k: {kk: vv for kk, vv in v.items() if kk not in NESTED_IGNORED_KEYS} if isinstance(v, dict) else v
+                for k, v in settings.items()}
     blob = json.dumps({"settings": settings, "corpus": corpus_fingerprint(passages)}, sort_keys=True)
     return f"{retriever_cfg.type}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -98,7 +105,10 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
     """
     from slm_ray.config import import_object
 
-    retriever = import_object(retriever_cfg.target)(retriever_cfg, passages)
+    cls = import_object(retriever_cfg.target)
+    if hasattr(cls, "open_cached"):  # a retriever made of other retrievers' cached indexes (hybrid)
+        return cls.open_cached(retriever_cfg, passages, cache_dir)
+    retriever = cls(retriever_cfg, passages)
     folder = Path(cache_dir) / "indexes" / index_key(retriever_cfg, passages)
 
     def load(path: Path) -> None:

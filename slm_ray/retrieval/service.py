@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from slm_ray.logs import STEP
 from slm_ray.retrieval.base import QUERY_TIME_KEYS, RetrievedPassage
 
 log = logging.getLogger("slm_ray.retrieval.service")
@@ -64,13 +65,13 @@ class RetrieverService:
                  driver_cwd: str | None = None, threads: int | None = None, memory_interval_s: float = 0.5):
         from pydantic import TypeAdapter
 
-        from slm_ray.cli import setup_logging
+        from slm_ray.logs import setup_actor_logging
         from slm_ray.config import CorpusConfig, RetrieverConfig
         from slm_ray.data.corpus import load_corpus
         from slm_ray.evaluation.memory import MemoryMonitor
         from slm_ray.retrieval.base import index_key
 
-        setup_logging(os.environ.get("SLM_RAY_DEBUG") == "1")
+        setup_actor_logging(f"retriever-{key}")
         enter_project_dir(driver_cwd)
         if threads:
             import torch
@@ -116,7 +117,7 @@ class RetrieverService:
             self._retriever, self.built_now = build_or_load(self.config, self.passages, self.cache_dir)
         self.index_seconds = time.perf_counter() - started
         log.info("retriever %s: index %s %s in %.1fs", self.key, self.index_key,
-                 "built" if self.built_now else "loaded", self.index_seconds)
+                 "built" if self.built_now else "loaded", self.index_seconds, extra=STEP)
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -62,9 +62,9 @@ class GeneratorWorker:
     """The body of a generator actor: runs trials with a generator it keeps loaded between them."""
 
     def __init__(self, name: str, namespace: str, pool_name: str, driver_cwd: str | None = None):
-        from slm_ray.cli import setup_logging
+        from slm_ray.logs import setup_actor_logging
 
-        setup_logging(os.environ.get("SLM_RAY_DEBUG") == "1")
+        setup_actor_logging(name)
         self.cwd = enter_project_dir(driver_cwd)
         self.name = name
         self.namespace = namespace

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from slm_ray.io import atomic_write_json, atomic_write_text
 from slm_ray.results import METRICS
+from slm_ray.sweeps import console
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
 from slm_ray.sweeps.summary import write_summary
 
@@ -200,7 +201,7 @@ def _seed_files(head: Path) -> dict[str, str]:
 
 def _adopt_completed_elsewhere(head: Path) -> None:
     """A trial whose last sweep attempt failed but whose folder now holds results for the sweep's
-    very inputs (completed with ``python -m slm_ray.run``, as ``--cfg`` prints it): record it as ok."""
+    very inputs (completed with ``slm-ray run``, as ``--cfg`` prints it): record it as ok."""
     try:
         record = json.loads((head / TRIAL_RECORD).read_text())
     except (OSError, ValueError):
@@ -222,8 +223,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def print_line(text: str) -> None:
-    """Print and flush (module-level, so that Tune can pickle the callback that uses it)."""
-    print(text, flush=True)
+    """A driver line, through the sweep's console (module-level, so that Tune can pickle the callback)."""
+    console.echo(text)
 
 
 def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float = 15.0) -> Any:
@@ -236,24 +237,47 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
         def __init__(self) -> None:
             self.last_print: dict[str, float] = {}
             self.done = 0
+            self.started: set[str] = set()
 
         def _name(self, trial: Any) -> str:
             return names.get((trial.config or {}).get("trial"), str(trial))
 
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if console.ACTIVE is not None:
+                console.ACTIVE.poll()  # the actors' steps: model loads, index builds
+
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if console.ACTIVE is not None:
+                console.ACTIVE.poll(every_s=0.0)  # a model load posted just before this event comes first
             name = self._name(trial)
             if result.get("status") == "started":  # it has a worker now
+                if name not in self.started and console.ACTIVE is not None:
+                    console.ACTIVE.trial_started()
+                self.started.add(name)
                 echo(f"  started   {name} on {result.get('actor')}")
                 return
             if result.get("status") != "running" or time.monotonic() - self.last_print.get(name, 0.0) < every_s:
                 return
             self.last_print[name] = time.monotonic()
-            echo(f"  progress  {name}: {int(result.get('examples_done', 0))} examples, "
-                 f"{result.get('examples_per_second', 0.0):.2f} ex/s, running token recall "
-                 f"{result.get('running_token_recall', 0.0):.3f}, peak RSS {result.get('peak_rss_mb', 0.0):.0f} MB")
+            speed = float(result.get("examples_per_second", 0.0) or 0.0)
+            text = (f"  progress  {name}: {int(result.get('examples_done', 0))} examples, {speed:.2f} ex/s, "
+                    f"running token recall {result.get('running_token_recall', 0.0):.3f}, "
+                    f"peak RSS {result.get('peak_rss_mb', 0.0):.0f} MB")
+            if console.ACTIVE is not None:
+                console.ACTIVE.progress(text, name, speed)
+            else:
+                echo(text)
+
+        def _finished(self, name: str, ok: bool) -> None:
+            self.done += 1
+            if console.ACTIVE is not None:
+                console.ACTIVE.poll(every_s=0.0)
+                if name not in self.started:
+                    console.ACTIVE.trial_started()
+                console.ACTIVE.trial_finished(name, ok)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.done += 1
+            self._finished(self._name(trial), True)
             result = trial.last_result or {}
             speed = result.get("examples_per_second")
             echo(f"  [{self.done}/{len(names)}] ok     {self._name(trial)}: token recall "
@@ -261,8 +285,8 @@ def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float =
                  + (f"{speed:.2f} ex/s" if speed else "speed unknown"))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.done += 1
             name = self._name(trial)
+            self._finished(name, False)
             try:
                 error = json.loads((trials_dir / name / TRIAL_RECORD).read_text()).get("error") or ""
             except (OSError, ValueError):
@@ -302,7 +326,8 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
             raise SweepError(f"{sweep_abs} holds a single run's {name}, not a sweep: pass --name <another name>")
     lock = FolderLock(sweep_abs, "sweep").acquire()  # one driver per sweep folder, for its whole run
     try:
-        return _run_sweep_locked(plan, base, sweep_abs, address, verbose, worker_env, echo, dashboard)
+        with console.active(console.SweepConsole()):
+            return _run_sweep_locked(plan, base, sweep_abs, address, verbose, worker_env, echo, dashboard)
     finally:
         lock.release(tidy=True)  # removes the folder only if this sweep created it and wrote nothing
 
@@ -323,6 +348,8 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
     def prepare_folder() -> None:  # once nothing can refuse the sweep any more
         sweep_abs.mkdir(parents=True, exist_ok=True)
         atomic_write_json(sweep_abs / "sweep.json", {**plan.to_json(), "updated": now_iso()})
+        if console.ACTIVE is not None:
+            console.ACTIVE.attach_file(sweep_abs / console.SWEEP_LOG)
     record: dict[str, Any] = {
         "run_id": run_id, "started": now_iso(), "address": address or "local",
         "trials": {"total": len(plan.trials), "already_complete": len(plan.trials) - len(pending),
@@ -344,7 +371,9 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
     _write_stats(sweep_abs, plan.name, record)
     summary = write_summary(sweep_abs)
     record["summary"] = summary["counts"]
-    echo(f"summary: {sweep_abs / 'summary.md'} ({summary['counts']})")
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n) or "no trials"
+    echo(f"trials: {counts}")
+    echo(f"summary: {sweep_abs / 'summary.md'}")
     return record
 
 
@@ -365,6 +394,9 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     started_here, dashboard = _connect(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
     local = started_here and not address and not os.environ.get("RAY_ADDRESS")
+    from slm_ray.sweeps.reaper import Reaper
+
+    reaper = Reaper.start() if local else None  # this Ray's processes go when the driver is killed
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
     elif local and not dashboard_wanted:
@@ -377,7 +409,17 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     services: dict[str, Any] = {}
     pool = None
     first: list[tuple[str, Any, tuple, str]] = []
+    board = None
+    quiet_ray = console.ray_logs_to_sweep_log()
+    quiet_ray.__enter__()
     try:
+        from slm_ray.logs import BOARD_NAME, Board
+
+        # First of all actors, so that every later one finds it when it logs its first step; in the
+        # job's own namespace, the one an actor's runtime context names.
+        board = ray_class(Board).options(name=BOARD_NAME, num_cpus=0).remote()
+        if console.ACTIVE is not None:
+            console.ACTIVE.board = board
         shapes = _resolve_shapes(plan, pending, local)
         n_services = len({t.retriever_key for t in pending if t.retriever_key})
         rr = plan.retriever_resources
@@ -445,6 +487,8 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
         )
+        if console.ACTIVE is not None:
+            console.ACTIVE.start_status(len(pending))
         with _environ_for_tune(verbose):
             grid = tuner.fit()
         tune_errors = {}
@@ -456,9 +500,14 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         retriever_stats = _service_stats(services, warmups)
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     finally:
-        _cleanup(pool, services, [handle for _, handle, _, _ in first])
+        if console.ACTIVE is not None:
+            console.ACTIVE.close_status()  # the actors' last lines, then the status line goes
+        _cleanup(pool, services, [handle for _, handle, _, _ in first] + ([board] if board is not None else []))
         if started_here:
             ray.shutdown()
+        if reaper is not None:
+            reaper.done()
+        quiet_ray.__exit__(None, None, None)
     outcome = _record_outcomes(pending, base, run_id, tune_errors)
     loads_per_actor = {name: w["loads"] for name, w in pool_stats["workers"].items()}
     model_loads: dict[str, int] = {}
@@ -528,7 +577,10 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
         except Exception:  # a private helper: the URL is a nicety
             url = None
         return False, _dashboard(url)
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Worker output stays in Ray's log files: what the user should see comes through the board
+    # (slm_ray.logs), and the workers draw no progress bars into those files.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
+                              "runtime_env": {"env_vars": dict(QUIET_WORKERS)}}
     if address:
         kwargs["address"] = address
     elif not os.environ.get("RAY_ADDRESS"):  # set for drivers of `ray job submit`: connect there
@@ -536,11 +588,20 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
         # recorded on this machine, or hangs on that record when the cluster is gone.
         kwargs["address"] = "local"
         kwargs["include_dashboard"] = dashboard
+        # Ray turns token authentication on for a new local cluster and warns that it did: keep it
+        # on, without the warning (RAY_AUTH_MODE=disabled still turns it off).
+        logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     try:
         context = ray.init(**kwargs)
     except ConnectionError as exc:
         raise SweepError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
     return True, _dashboard(getattr(context, "dashboard_url", None))
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+#: The environment of every Ray worker of a sweep: no tqdm bars (they went to the console, one
+#: line per refresh, before log_to_driver was turned off; now they would fill the log files).
+QUIET_WORKERS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _dashboard(url: str | None) -> str | None:

@@ -167,8 +167,11 @@ class SweepPlan:
         """The plan as text: one line per trial with the overrides that reproduce it alone."""
         lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir}"]
         width = max(len(t.name) for t in self.trials)
+        from slm_ray.composition import user_config_dirs
+
+        folders = "".join(f"--config-dir {folder} " for folder in user_config_dirs())
         for t in self.trials:
-            lines.append(f"  {t.index + 1:>3}  {t.name:<{width}}  python -m slm_ray.run {' '.join(t.overrides)}")
+            lines.append(f"  {t.index + 1:>3}  {t.name:<{width}}  slm-ray run {folders}{' '.join(t.overrides)}")
         return "\n".join(lines)
 
 

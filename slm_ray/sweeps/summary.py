@@ -4,6 +4,11 @@ One row per trial, read from ``trials/<name>/results.json`` (what the experiment
 ``trials/<name>/trial.json`` (where it ran, or why it failed) and ``sweep.json`` (the plan: trials
 that never ran show as pending). The retriever's memory is the shared actor's, from
 ``sweep_stats.json`` when the sweep engine wrote it, else from the trial's retriever_info.
+
+The paired section answers the sweep's question on the same questions: for each model and dataset
+(and any other grid setting), the gold passage against closed book, each retrieval setting against
+closed book, and each against the gold passage (the retrieval gap), from the trials' predictions
+(``slm_ray.evaluation.paired``). A pair whose trial did not finish is skipped, and the summary says so.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ COLUMNS = (
 #: The order a reader expects: closed book, gold passage, retrieval (the config's order of modes).
 READING_ORDER = {mode: i for i, mode in enumerate(EXPERIMENT_MODES)}
 PLOTS = ("token_recall.png", "memory.png", "throughput.png")
+#: Written besides PLOTS when a sweep varies retriever.k for some model, dataset and retriever.
+RECALL_VS_K_PLOT = "recall_vs_k.png"
+#: Metrics of the paired table in summary.md (summary.json holds every metric of the predictions).
+PAIRED_TABLE_METRICS = ("token_recall", "match")
+#: Grid axes that say which model, dataset or mode a trial is (the rest group or label trials).
+_IDENTITY_AXES = frozenset({"model", "model.name", "dataset", "dataset.name", "experiment_mode"})
 
 
 def _retriever_memory(stats: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -109,16 +120,40 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    paired = paired_comparisons(sweep_dir, rows, plan)
     atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+    warnings = retrieval_warnings(sweep_dir, rows)
     atomic_write_json(sweep_dir / "summary.json", {"sweep": plan.get("name", sweep_dir.name),
                                                    "description": plan.get("description"),
-                                                   "counts": counts, "trials": rows})
+                                                   "counts": counts, "trials": rows, "retrieval_warnings": warnings,
+                                                   "paired": paired["pairs"], "paired_skipped": paired["skipped"]})
     atomic_write_text(sweep_dir / "summary.md", render_markdown(plan.get("name", sweep_dir.name),
                                                                 plan.get("description"), rows,
-                                                                read_json(sweep_dir / "sweep_stats.json")))
+                                                                read_json(sweep_dir / "sweep_stats.json"), paired)
+                      + warning_lines(warnings))
     plots = write_plots(sweep_dir, rows)
-    return {"rows": rows, "counts": counts, "plots": plots,
+    k_plot = write_recall_vs_k_plot(sweep_dir, rows, plan)
+    plots += [k_plot] if k_plot else []
+    return {"rows": rows, "counts": counts, "plots": plots, "paired": paired,
             "files": [str(sweep_dir / f) for f in ("summary.csv", "summary.json", "summary.md")]}
+
+
+def retrieval_warnings(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Trials whose retrieved passages almost never hold an answer (``retrieval_warning`` in their
+    results.json): their reader numbers measure the corpus, not the model."""
+    found: dict[str, str] = {}
+    for row in rows:
+        results = RunFolder(sweep_dir / "trials" / row["trial"]).results() if row["status"] == "ok" else None
+        if results is not None and results.retrieval_warning:
+            found[row["trial"]] = results.retrieval_warning
+    return found
+
+
+def warning_lines(warnings: dict[str, str]) -> str:
+    """summary.md's marker lines for ``retrieval_warnings`` (nothing when there are none)."""
+    if not warnings:
+        return ""
+    return "\n".join(["## Retrieval warnings", "", *(f"- **{trial}**: {text}" for trial, text in warnings.items())]) + "\n"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -132,7 +167,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def render_markdown(name: str, description: str | None, rows: list[dict[str, Any]],
-                    stats: dict[str, Any] | None = None) -> str:
+                    stats: dict[str, Any] | None = None, paired: dict[str, Any] | None = None) -> str:
     """The summary table (plus the sweep's load/build counts) as Markdown."""
     header = ["trial", "model", "dataset", "mode", "retriever", "k", "n", "token recall [95% CI]", "EM", "F1",
               "match", "recall@k", "ex/s", "load s", "model RSS MB", "model GPU MB", "retr. RSS MB", "status"]
@@ -158,7 +193,161 @@ def render_markdown(name: str, description: str | None, rows: list[dict[str, Any
     lines += ["", "recall@k is the share of questions whose context (retrieved or gold) contains a gold answer; "
               "memory is the peak RSS of the generator's process while it generated and of the shared "
               "retriever actor.", ""]
+    if paired and (paired["pairs"] or paired["skipped"]):
+        lines += render_paired(paired)
     return "\n".join(lines)
+
+
+# --- paired comparisons ------------------------------------------------------------------------------
+
+
+def _axes(row: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    for trial in plan.get("trials", []):
+        if trial.get("name") == row["trial"]:
+            return trial.get("axes") or {}
+    return {}
+
+
+def _is_retrieval_axis(key: str) -> bool:
+    return key.startswith(("retriever", "corpus"))
+
+
+def _setting_label(row: dict[str, Any], axes: dict[str, Any]) -> str:
+    """closed book, oracle, or the retrieval setting (retriever, k and any other retrieval axis)."""
+    if row["mode"] == "no_context":
+        return "closed book"
+    if row["mode"] == "oracle_context":
+        return "oracle"
+    extra = [f"{k}={v}" for k, v in sorted(axes.items())
+             if _is_retrieval_axis(k) and k not in ("retriever", "retriever.name", "retriever.k")]
+    return " ".join([f"{row['retriever']} k={row['k']}", *extra])
+
+
+def _groups(rows: list[dict[str, Any]], plan: dict[str, Any]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """Trials by model, dataset and the other grid settings that are not about retrieval, in row order."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        axes = _axes(row, plan)
+        others = tuple(sorted((k, str(v)) for k, v in axes.items()
+                              if k not in _IDENTITY_AXES and not _is_retrieval_axis(k)))
+        groups.setdefault((row["model"], row["dataset"], others), []).append({**row, "_label": _setting_label(row, axes)})
+    return groups
+
+
+def paired_comparisons(sweep_dir: Path, rows: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
+    """``pairs``: per model and dataset, oracle vs closed book, each retrieval setting vs closed book
+    and vs oracle, with every metric's paired difference; ``skipped``: a line per pair left out."""
+    from slm_ray.errors import SlmRayError
+    from slm_ray.evaluation.paired import compare_pairs, match_predictions
+
+    predictions: dict[str, Any] = {}
+
+    def rows_of(trial: str) -> list[dict[str, Any]]:
+        if trial not in predictions:
+            predictions[trial] = RunFolder(sweep_dir / "trials" / trial).predictions()
+        return predictions[trial]
+
+    pairs: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for (model, dataset, others), members in _groups(rows, plan).items():
+        closed = [r for r in members if r["mode"] == "no_context"][:1]
+        oracle = [r for r in members if r["mode"] == "oracle_context"][:1]
+        retrieved = [r for r in members if r["mode"] == "retriever_context"]
+        wanted = [(a, b) for a in closed for b in oracle + retrieved] + [(a, b) for a in oracle for b in retrieved]
+        where = ", ".join([str(model), str(dataset), *(f"{k}={v}" for k, v in others)])
+        for a, b in wanted:
+            what = f"{b['_label']} vs {a['_label']} ({where})"
+            not_ok = [r for r in (a, b) if r["status"] != "ok"]
+            if not_ok:
+                skipped.append(f"{what}: trial {not_ok[0]['trial']} is {not_ok[0]['status']}")
+                continue
+            try:
+                matched = match_predictions(rows_of(a["trial"]), rows_of(b["trial"]))
+            except SlmRayError as exc:
+                skipped.append(f"{what}: {exc}")
+                continue
+            if not matched["pairs"] or matched["different"]:
+                why = "share no example" if not matched["pairs"] else "hold other questions under the same ids"
+                skipped.append(f"{what}: the trials {why}")
+                continue
+            experiment = (RunFolder(sweep_dir / "trials" / b["trial"]).config() or {}).get("experiment") or {}
+            resamples, seed = int(experiment.get("bootstrap_resamples", 1000)), int(experiment.get("seed", 0))
+            compared = compare_pairs(matched["pairs"], n_resamples=resamples, seed=seed)
+            pairs.append({"model": model, "dataset": dataset, "settings": dict(others), "a": a["trial"],
+                          "b": b["trial"], "label_a": a["_label"], "label_b": b["_label"],
+                          "n_matched": len(matched["pairs"]), "only_a": len(matched["only_a"]),
+                          "only_b": len(matched["only_b"]), "bootstrap": {"resamples": resamples, "seed": seed},
+                          "metrics": compared["metrics"]})
+    return {"pairs": pairs, "skipped": skipped}
+
+
+def render_paired(paired: dict[str, Any]) -> list[str]:
+    """The paired table of summary.md: token recall and match, B - A on the same questions."""
+    lines = ["## Paired comparisons (same questions)", "",
+             "B - A on the questions both trials answered, with a 95% paired-bootstrap interval; "
+             "+/- counts the questions B scored higher / lower on; McNemar's exact p for match.", ""]
+    header = ["model", "dataset", "B vs A", "n", "token recall A -> B", "Δ token recall [95% CI]", "+/-",
+              "match A -> B", "Δ match [95% CI]", "+/-", "McNemar p"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for pair in paired["pairs"]:
+        cells = [pair["model"], pair["dataset"]
+                 + "".join(f" {k}={v}" for k, v in pair["settings"].items()),
+                 f"{pair['label_b']} vs {pair['label_a']}", pair["n_matched"]]
+        for metric in PAIRED_TABLE_METRICS:
+            s = pair["metrics"].get(metric)
+            if s is None:
+                cells += ["", "", ""]
+                continue
+            cells += [f"{s['mean_a']:.3f} -> {s['mean_b']:.3f}",
+                      f"{s['diff']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]", f"{s['helped']}/{s['hurt']}"]
+        p_value = (pair["metrics"].get("match") or {}).get("mcnemar_p")
+        cells.append("" if p_value is None else (f"{p_value:.2g}" if p_value >= 1e-4 else "<1e-4"))
+        lines.append("| " + " | ".join(_fmt(c).replace("|", "\\|") for c in cells) + " |")
+    if paired["skipped"]:
+        lines += ["", "Pairs skipped:"] + [f"- {line}" for line in paired["skipped"]]
+    return lines + [""]
+
+
+def write_recall_vs_k_plot(sweep_dir: Path, rows: list[dict[str, Any]], plan: dict[str, Any]) -> str | None:
+    """Token recall (95% CI) against retriever.k, with recall@k beside it, for every model, dataset
+    and retriever whose finished trials cover more than one k; None when the sweep varies no k."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for (model, dataset, others), members in _groups(rows, plan).items():
+        for r in members:
+            if r["mode"] == "retriever_context" and r["status"] == "ok" and r["k"] is not None:
+                name = " ".join([str(model), str(r["retriever"]), *(f"{k}={v}" for k, v in others)])
+                datasets = {x["dataset"] for x in rows}
+                series.setdefault(f"{dataset}: {name}" if len(datasets) > 1 else name, []).append(r)
+    series = {name: sorted(points, key=lambda r: r["k"]) for name, points in series.items()
+              if len({r["k"] for r in points}) > 1}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, points in series.items():
+        ks = [r["k"] for r in points]
+        recall = [r["token_recall"] for r in points]
+        low = [max(0.0, r["token_recall"] - (r["token_recall_ci_low"] if r["token_recall_ci_low"] is not None
+                                             else r["token_recall"])) for r in points]
+        high = [max(0.0, (r["token_recall_ci_high"] if r["token_recall_ci_high"] is not None
+                          else r["token_recall"]) - r["token_recall"]) for r in points]
+        left.errorbar(ks, recall, yerr=[low, high], marker="o", capsize=3, label=name)
+        right.plot(ks, [r["retrieval_recall"] for r in points], marker="o", label=name)
+    for ax, ylabel, title in ((left, "token recall (95% bootstrap CI)", "Answer token recall against k"),
+                              (right, "recall@k", "Retrieval recall@k (a gold answer in the top k)")):
+        ax.set_xlabel("retriever.k")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    ks = sorted({r["k"] for points in series.values() for r in points})
+    left.set_xticks(ks)
+    right.set_xticks(ks)
+    return _save(fig, sweep_dir / RECALL_VS_K_PLOT)
 
 
 def write_plots(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:

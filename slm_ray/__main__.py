@@ -1,0 +1,7 @@
+"""``python -m slm_ray COMMAND ...``: the same as the ``slm-ray`` command."""
+
+import sys
+
+from slm_ray.console import main
+
+sys.exit(main())

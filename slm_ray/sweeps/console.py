@@ -1,0 +1,210 @@
+"""What a sweep's driver shows: its own lines, the actors' steps, one live status on a terminal.
+
+On a terminal the sweep keeps one status line at the bottom (trials done / running / failed, with
+tqdm's elapsed time and ETA) and prints events above it; elsewhere (CI, ``nohup``, a pipe) it prints
+plain lines only. Everything printed, everything the actors relayed (see ``slm_ray.logs``) and
+Ray's and Tune's own log records go to ``sweep.log`` in the sweep folder, so the console can stay
+short without losing anything.
+
+The driver has one console at a time (``ACTIVE``): Tune pickles its callbacks, so they reach the
+console through this module rather than holding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+#: Longest console line; longer ones (a long path, an error message) are cut, in full in sweep.log.
+MAX_LINE = 200
+SWEEP_LOG = "sweep.log"
+#: Ray's python loggers, whose records go to sweep.log instead of the console during a sweep (their
+#: trial tracebacks and ``Tuner.restore`` hints contradict the sweep's own one-line messages).
+RAY_LOGGERS = ("ray",)
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+class SweepConsole:
+    """The driver's console and sweep.log for one sweep run."""
+
+    def __init__(self, live: bool | None = None):
+        self.live = sys.stderr.isatty() if live is None else live
+        self.pending: list[str] = []  # lines before sweep.log can be written (the folder may not exist yet)
+        self.file: IO[str] | None = None
+        self.bar: Any = None
+        self.board: Any = None
+        self.running = 0
+        self.failed = 0
+        self.last_poll = 0.0
+        self.speed: dict[str, float] = {}
+
+    # -- sweep.log ---------------------------------------------------------------------------
+
+    def attach_file(self, path: Path) -> None:
+        """Start writing sweep.log (appending: a resumed sweep keeps the earlier runs' lines)."""
+        if self.file is None:
+            self.file = open(path, "a", encoding="utf-8")
+            for text in self.pending:
+                self.file.write(text + "\n")
+            self.pending.clear()
+            self.file.flush()
+
+    def log_only(self, text: str) -> None:
+        stamped = f"{_stamp()} {text}"
+        if self.file is None:
+            self.pending.append(stamped)
+        else:
+            self.file.write(stamped + "\n")
+            self.file.flush()
+
+    # -- console -----------------------------------------------------------------------------
+
+    def line(self, text: str) -> None:
+        """A console line (cut to MAX_LINE characters), and the whole of it in sweep.log."""
+        self.log_only(text)
+        shown = text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
+        if self.bar is not None:
+            self.bar.write(shown, file=sys.stdout)
+        else:
+            print(shown, flush=True)
+
+    def progress(self, text: str, trial: str, speed: float) -> None:
+        """Running progress: a line where there is no live status, else a figure in the status."""
+        self.speed[trial] = speed
+        if self.bar is None:
+            self.line(text)
+        else:
+            self.log_only(text)
+            self._refresh()
+
+    def start_status(self, total: int) -> None:
+        """The live status line (only on a terminal)."""
+        if not self.live or self.bar is not None:
+            return
+        import shutil
+
+        from tqdm.auto import tqdm
+
+        # A terminal that reports no size (a bare pty) would get a bar of width 0: use COLUMNS or 80.
+        reported = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+        width = {"dynamic_ncols": True} if reported else {"ncols": shutil.get_terminal_size().columns}
+        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, **width,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} done{postfix} [{elapsed}<{remaining}]")
+        self._refresh()
+
+    def trial_started(self) -> None:
+        self.running += 1
+        self._refresh()
+
+    def trial_finished(self, trial: str, ok: bool) -> None:
+        self.running = max(0, self.running - 1)
+        self.failed += 0 if ok else 1
+        self.speed.pop(trial, None)
+        if self.bar is not None:
+            self.bar.update(1)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.bar is None:
+            return
+        parts = [f"{self.running} running"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.speed:
+            parts.append(f"{sum(self.speed.values()):.1f} ex/s")
+        self.bar.set_postfix_str(", ".join(parts), refresh=True)
+
+    # -- the actors' records -----------------------------------------------------------------
+
+    def poll(self, every_s: float = 1.0) -> None:
+        """Show what the actors posted to the board since the last poll (at most every ``every_s``)."""
+        if self.board is None or time.monotonic() - self.last_poll < every_s:
+            return
+        self.last_poll = time.monotonic()
+        import ray
+
+        try:
+            records = ray.get(self.board.drain.remote(), timeout=5)
+        except Exception:  # the board is a nicety: never stop a sweep for it
+            return
+        for record in records:
+            text = f"  [{record.get('source')}] {record.get('message')}"
+            if record.get("step") or int(record.get("level", 0)) >= logging.WARNING:
+                self.line(text)
+            else:
+                self.log_only(text)
+
+    def close_status(self) -> None:
+        """The actors' last records, then the status line goes (before Ray shuts down)."""
+        self.poll(every_s=0.0)
+        self.board = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.close_status()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+ACTIVE: SweepConsole | None = None
+
+
+def echo(text: str) -> None:
+    """A driver line: through the active console, else a plain print."""
+    if ACTIVE is not None:
+        ACTIVE.line(text)
+    else:
+        print(text, flush=True)
+
+
+class _ToSweepLog(logging.Handler):
+    """Ray's and Tune's records, into sweep.log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if ACTIVE is not None:
+            try:
+                ACTIVE.log_only(f"{record.levelname} {record.name}: {self.format(record)}")
+            except Exception:
+                pass
+
+
+@contextmanager
+def active(console: SweepConsole) -> Iterator[SweepConsole]:
+    """Make ``console`` the driver's console while the sweep runs."""
+    global ACTIVE
+    previous, ACTIVE = ACTIVE, console
+    try:
+        yield console
+    finally:
+        console.close()
+        ACTIVE = previous
+
+
+@contextmanager
+def ray_logs_to_sweep_log() -> Iterator[None]:
+    """Ray's python loggers write to sweep.log, not the console, until the block ends."""
+    saved = {}
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate)
+        logger.handlers = [_ToSweepLog()]
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers = handlers
+            logger.propagate = propagate
