@@ -48,6 +48,8 @@ class ModelConfig(Section):
     path: str
     gguf_file: str | None = None
     architecture: Literal["llama", "qwen3"] | None = None
+    #: ``auto`` = bf16 where the hardware computes it natively (a GPU of compute capability 8.0+, a CPU
+    #: with AVX-512 BF16 or AMX), float32 otherwise; results.json records the choice and why.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=16, ge=1)
@@ -140,6 +142,9 @@ class DenseConfig(Section):
     hnsw_m: int = Field(default=32, ge=4)
     encode_batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: The encoder's dtype; ``auto`` = bf16 where the hardware computes it natively (a GPU of compute
+    #: capability 8.0+, a CPU with AVX-512 BF16 or AMX), float32 otherwise. Part of the index key.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class HybridConfig(Section):

@@ -192,7 +192,7 @@ def _run_experiment(cfg: ExperimentConfig, generator: GeneratorSource, retriever
                     earlier: list[logging.LogRecord]) -> dict[str, Any]:
     examples = build_dataset(cfg)
     masked = mask_secrets(cfg.model_dump(by_alias=True))
-    inputs = run_inputs(cfg, examples)
+    inputs = run_inputs(cfg, examples, decide_dtypes=True)
     if expected_inputs:
         changes = inputs.changes_from(Inputs.from_json(expected_inputs))
         if changes:

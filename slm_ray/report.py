@@ -217,7 +217,7 @@ def _dataset_examples(raw_config: dict[str, Any]) -> list[Any] | None:
 
 def _verify_plan(folder: Path, recomputed: dict[str, Any], in_summary: set[str], problems: list[str]) -> None:
     """Every trial of sweep.json has results (summary.json or not), made with the plan's settings."""
-    from slm_ray.fingerprints import stable_hash
+    from slm_ray.fingerprints import stable_hash, without_resolved
     from slm_ray.run_folder import RunFolder
 
     try:
@@ -229,7 +229,7 @@ def _verify_plan(folder: Path, recomputed: dict[str, Any], in_summary: set[str],
         if name in recomputed:
             inputs = RunFolder(folder / "trials" / name).inputs()
             expected = trial.get("answer_settings")
-            if expected and inputs is not None and stable_hash(inputs.settings) != expected:
+            if expected and inputs is not None and stable_hash(without_resolved(inputs.settings)) != expected:
                 problems.append(f"{name}: its answers were made with other settings than the sweep's plan "
                                 "(a run with other overrides wrote into its folder?)")
         elif name not in in_summary:

@@ -34,6 +34,16 @@ class Throughput(BaseModel):
     model_load_seconds: float = 0.0
 
 
+class ModelInfo(BaseModel):
+    """What the generator reported about itself; older results.json files may lack any field."""
+
+    model_config = ConfigDict(extra="allow")
+
+    #: The dtype the model computed in, and why: "requested", or what decided ``auto`` (hardware).
+    dtype: str | None = None
+    dtype_reason: str | None = None
+
+
 class Results(BaseModel):
     """``results.json``: what a finished run measured."""
 
@@ -53,7 +63,7 @@ class Results(BaseModel):
     throughput: Throughput
     memory: dict[str, dict[str, float | None]] = {}
     segments: int = 1
-    model_info: dict[str, Any] = {}
+    model_info: ModelInfo = ModelInfo()
     retriever_info: dict[str, Any] | None = None
     versions: dict[str, str] = {}
 

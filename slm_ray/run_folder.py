@@ -348,6 +348,11 @@ class Inputs:
     corpus: str | None
     aggregation: dict[str, Any] = field(default_factory=dict)
 
+    def matches(self, other: "Inputs | None") -> bool:
+        """The same inputs, a dtype left open on one side (a sweep's driver) matching any decided one."""
+        return (other is not None and not self.changes_from(other)
+                and (self.n_examples, self.aggregation) == (other.n_examples, other.aggregation))
+
     def to_json(self) -> dict[str, Any]:
         return {"version": 1, "settings": self.settings, "n_examples": self.n_examples, "examples": self.examples,
                 "corpus": self.corpus, "aggregation": self.aggregation}
@@ -359,7 +364,10 @@ class Inputs:
 
     def changes_from(self, old: "Inputs") -> list[str]:
         """What differs from ``old``, in words (empty when the same answers hold)."""
-        changes = [f"{key}: {before!r} -> {after!r}" for key, before, after in _diff(old.settings, self.settings)]
+        from slm_ray.fingerprints import reconcile_resolved
+
+        settings, old_settings = reconcile_resolved(self.settings, old.settings)
+        changes = [f"{key}: {before!r} -> {after!r}" for key, before, after in _diff(old_settings, settings)]
         if old.examples != self.examples:
             changes.append(f"the examples (ids, questions, answers or gold passages; {old.n_examples} before, "
                            f"{self.n_examples} now) are not the ones answered: was the data file edited?")
@@ -377,8 +385,12 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-def run_inputs(cfg: Any, examples: list[Any]) -> Inputs:
-    """The inputs of a run of ``cfg`` over ``examples`` (the corpus is hashed for retrieval only)."""
+def run_inputs(cfg: Any, examples: list[Any], decide_dtypes: bool = False) -> Inputs:
+    """The inputs of a run of ``cfg`` over ``examples`` (the corpus is hashed for retrieval only).
+
+    ``decide_dtypes``: record what ``dtype: auto`` becomes on this machine (the run that answers);
+    left open otherwise (a sweep's driver, ``report --verify``), which matches any decided dtype.
+    """
     from slm_ray.fingerprints import AGGREGATION_KEYS, answer_settings, examples_digest
 
     digest = examples_digest((e.id, e.question, e.answers, tuple((p.id, p.title, p.text) for p in e.gold_passages))
@@ -387,7 +399,22 @@ def run_inputs(cfg: Any, examples: list[Any]) -> Inputs:
     if cfg.experiment_mode == "retriever_context":
         corpus = corpus_source_digest(cfg.corpus, cfg.experiment.cache_dir)
     aggregation = {k: getattr(cfg.experiment, k) for k in AGGREGATION_KEYS}
-    return Inputs(answer_settings(cfg.model_dump(by_alias=True)), len(examples), digest, corpus, aggregation)
+    resolved = resolved_dtypes(cfg) if decide_dtypes else None
+    return Inputs(answer_settings(cfg.model_dump(by_alias=True), resolved), len(examples), digest, corpus, aggregation)
+
+
+def resolved_dtypes(cfg: Any) -> dict[str, str]:
+    """What each ``dtype: auto`` (model; dense encoder in retriever_context) becomes on this machine."""
+    found: dict[str, str] = {}
+    if cfg.model.dtype == "auto":
+        from slm_ray.generation.sources import planned_model_dtype
+
+        found["model"] = planned_model_dtype(cfg.model)[0]
+    if cfg.experiment_mode == "retriever_context" and getattr(cfg.retriever, "dtype", None) == "auto":
+        from slm_ray.retrieval.dense import encoder_dtype
+
+        found["retriever"] = encoder_dtype(cfg.retriever)[0]
+    return found
 
 
 def corpus_source_digest(corpus_cfg: Any, cache_dir: str) -> str:
@@ -478,7 +505,7 @@ class RunFolder:
             if replace:
                 return "new"
             raise InputsChanged(self._changed_message(changes))
-        if (self.has_answers() and self.results() is not None and self.inputs() == inputs
+        if (self.has_answers() and self.results() is not None and inputs.matches(self.inputs())
                 and self.count_predictions() >= inputs.n_examples):
             return "complete"
         return "partial" if self.has_answers() else "new"

@@ -35,8 +35,9 @@ MIN_IDENTICAL = 39
 MODES = ("no_context", "oracle_context", "retriever_context")
 #: fp32 weights of SmolLM2-135M (134,515,008 parameters): held by the engine's worker process.
 WEIGHTS_MB = 134_515_008 * 4 / 2**20
-COMMON = ["model=smollm2_135m_gguf", "dataset=nq", f"dataset.limit={N_QUESTIONS}", "tracker=none",
-          "experiment.bootstrap_resamples=200", "experiment.memory_interval_s=0.2"]
+#: fp32 on both backends: their answers are compared at one dtype (auto would be bf16 on a CPU with AVX-512 BF16).
+COMMON = ["model=smollm2_135m_gguf", "model.dtype=float32", "dataset=nq", f"dataset.limit={N_QUESTIONS}",
+          "tracker=none", "experiment.bootstrap_resamples=200", "experiment.memory_interval_s=0.2"]
 
 
 def _vllm_python() -> str:
@@ -169,6 +170,7 @@ SWEEP = """\
 name: vllm_cpu
 overrides:
   - model=smollm2_135m_gguf
+  - model.dtype=float32
   - dataset=nq
   - dataset.limit=%d
   - experiment_mode=no_context

@@ -43,10 +43,11 @@ class HFGenerator(BaseModel):
         super().__init__(config)
         import torch
 
-        from slm_ray.generation.sources import load_tokenizer_and_model
+        from slm_ray.generation.sources import load_tokenizer_and_model, model_dtype
 
         started = time.perf_counter()
         self.tokenizer, self.model, self.device = load_tokenizer_and_model(config, cache_dir)
+        self.dtype_reason = model_dtype(config, self.device)[1]
         self.load_seconds = time.perf_counter() - started
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -204,6 +205,7 @@ class HFGenerator(BaseModel):
     def describe(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
         return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "dtype_reason": self.dtype_reason,
                 "parameters": params, "source": self.config.source, "path": self.config.path,
                 "load_in_8bit": self.config.load_in_8bit,
                 "attn_implementation": getattr(self.model.config, "_attn_implementation", None)}

@@ -48,6 +48,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
+from slm_ray.generation.dtypes import choose_dtype
 from slm_ray.logs import STEP
 
 log = logging.getLogger("slm_ray.generation")
@@ -159,12 +160,10 @@ def check_device(cfg: Any) -> Device:
 
 def engine_dtype(cfg: Any, device: Device) -> str:
     """The dtype the engine computes in: ``model.dtype``, with ``auto`` resolved as the HF backend
-    resolves it (bf16 on a GPU, fp32 on a CPU). This is the one place the vLLM backend decides it:
-    a resolution of ``auto`` from what the hardware computes natively (``choose_dtype``) goes here,
-    and the dequantised copy of a packaged GGUF, the engine and ``describe()`` all follow it."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    return "bfloat16" if device == "cuda" else "float32"
+    resolves it (``choose_dtype``: bf16 where the hardware computes it natively). This is the one
+    place the vLLM backend decides it: the dequantised copy of a packaged GGUF, the engine and
+    ``describe()`` all follow it."""
+    return choose_dtype(cfg.dtype, device)[0]
 
 
 def resolve_location(cfg: Any, dtype: str, cache_dir: str | Path) -> str:

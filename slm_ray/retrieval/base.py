@@ -70,6 +70,11 @@ class BaseRetriever(ABC):
             for hits in self.search(queries, k)
         ]
 
+    @classmethod
+    def index_settings(cls, config: Any) -> dict[str, Any]:
+        """The settings that shape the index (its cache key): all but the query-time ones."""
+        return {k: v for k, v in config.model_dump().items() if k not in QUERY_TIME_KEYS}
+
     def describe(self) -> dict[str, Any]:
         """Facts about the index for results.json (subclasses add theirs)."""
         return {"type": self.config.type, "n_passages": len(self.passages)}
@@ -82,7 +87,9 @@ NESTED_IGNORED_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
 def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
     """Folder name of the cached index: retriever type plus a hash of corpus and index settings
     (for a hybrid: its fusion settings and both parts' settings)."""
-    settings = {k: v for k, v in retriever_cfg.model_dump().items() if k not in QUERY_TIME_KEYS}
+    from slm_ray.config import import_object
+
+    settings = import_object(retriever_cfg.target).index_settings(retriever_cfg)
     settings = {k: {kk: vv for kk, vv in v.items() if kk not in NESTED_IGNORED_KEYS} if isinstance(v, dict) else v
                 for k, v in settings.items()}
     blob = json.dumps({"settings": settings, "corpus": corpus_fingerprint(passages)}, sort_keys=True)

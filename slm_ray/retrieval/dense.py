@@ -34,6 +34,23 @@ def resolve_encoder(name: str) -> str:
     return str(Path(spec.submodule_search_locations[0]) / sub)
 
 
+def encoder_device(config: Any) -> str:
+    """``retriever.device``, with ``auto`` = cuda when a GPU is visible."""
+    if config.device != "auto":
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def encoder_dtype(config: Any) -> tuple[str, str]:
+    """(dtype, reason) the encoder runs in: bf16 embeds the corpus ~2-3x faster on hardware with
+    native bf16 (``slm_ray.generation.dtypes.choose_dtype``)."""
+    from slm_ray.generation.dtypes import choose_dtype
+
+    return choose_dtype(config.dtype, encoder_device(config))
+
+
 def faiss_has_gpu(faiss_module: Any) -> bool:
     """True with a faiss GPU build and a visible GPU (faiss-cpu lacks StandardGpuResources)."""
     return hasattr(faiss_module, "StandardGpuResources") and faiss_module.get_num_gpus() > 0
@@ -46,20 +63,32 @@ class DenseRetriever(BaseRetriever):
         super().__init__(config, passages)
         self._encoder = None
         self._index = None
+        self.dtype, self.dtype_reason = encoder_dtype(config)
         self.index_device = "cpu"
 
-    def _device(self) -> str:
-        if self.config.device != "auto":
-            return self.config.device
-        import torch
+    @classmethod
+    def index_settings(cls, config: Any) -> dict[str, Any]:
+        """Embeddings differ slightly between dtypes, so the index key holds the dtype ``auto``
+        became here. float32 is left out: the key of a float32 index is the one it had before
+        the setting existed, so those indexes stay valid."""
+        settings = super().index_settings(config)
+        settings.pop("dtype", None)
+        dtype = encoder_dtype(config)[0]
+        if dtype != "float32":
+            settings["dtype"] = dtype
+        return settings
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    def _device(self) -> str:
+        return encoder_device(self.config)
 
     def encode(self, texts: list[str], show_progress: bool = False):
         if self._encoder is None:
             from sentence_transformers import SentenceTransformer
 
-            self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device())
+            from slm_ray.generation.dtypes import torch_dtype
+
+            self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device(),
+                                                model_kwargs={"torch_dtype": torch_dtype(self.dtype)})
         return self._encoder.encode(texts, batch_size=self.config.encode_batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=show_progress).astype("float32")
 
@@ -128,4 +157,4 @@ class DenseRetriever(BaseRetriever):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "index_type": self.config.index_type, "index_device": self.index_device,
-                "encoder": self.config.encoder}
+                "encoder": self.config.encoder, "dtype": self.dtype, "dtype_reason": self.dtype_reason}

@@ -121,9 +121,9 @@ class Trial:
     @property
     def answer_settings_hash(self) -> str:
         """What the trial's answers must have been made with (``report --verify`` compares it)."""
-        from slm_ray.fingerprints import answer_settings
+        from slm_ray.fingerprints import answer_settings, without_resolved
 
-        return stable_hash(answer_settings(self.config.model_dump(by_alias=True)))
+        return stable_hash(without_resolved(answer_settings(self.config.model_dump(by_alias=True))))
 
 
 @dataclass(frozen=True)
