@@ -45,6 +45,16 @@ class HybridRetriever(BaseRetriever):
         return {"bm25": self.config.bm25, "dense": self.config.dense}
 
     @classmethod
+    def index_settings(cls, config: Any) -> dict[str, Any]:
+        """The fusion settings and both parts' settings, with the dtype the dense part's ``auto``
+        became here: a hybrid's cached answers from a bf16 encoder are not taken for an fp32 one's."""
+        from slm_ray.retrieval.dense import encoder_dtype
+
+        settings = super().index_settings(config)
+        settings["dense"] = {**settings["dense"], "dtype": encoder_dtype(config.dense)[0]}
+        return settings
+
+    @classmethod
     def open_cached(cls, config: Any, passages, cache_dir: str | Path) -> tuple["HybridRetriever", bool]:
         """Both parts from the shared index cache (built there when missing); True if one was built."""
         from slm_ray.retrieval.base import build_or_load
