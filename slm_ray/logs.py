@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -60,6 +61,8 @@ class BoardHandler(logging.Handler):
     def _find_board(self) -> Any:
         if self._board is None and time.monotonic() - self._looked_up >= _RETRY_LOOKUP_S:
             self._looked_up = time.monotonic()
+            if not _in_ray():
+                return None  # ray.get_actor would start a Ray of its own
             import ray
 
             try:
@@ -79,13 +82,19 @@ class BoardHandler(logging.Handler):
             self._board = None
 
 
+def _in_ray() -> bool:
+    """Whether this process is connected to Ray (an actor is; a test that builds the class directly is not)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def setup_actor_logging(source: str | None = None) -> None:
     """Logging for a Ray actor: records to its stderr (Ray's worker log file) and to the board."""
     from slm_ray.cli import setup_logging
 
     setup_logging(os.environ.get("SLM_RAY_DEBUG") == "1")
     package = logging.getLogger("slm_ray")
-    if any(isinstance(h, BoardHandler) for h in package.handlers):
+    if not _in_ray() or any(isinstance(h, BoardHandler) for h in package.handlers):
         return
     if source is None:
         try:

@@ -412,7 +412,10 @@ def test_bandwidth_table_and_synthetic_tokenizer() -> None:
 # --- vLLM's CPU build: device, KV cache, threads (pure decisions; the engine runs in test_vllm_real.py) ---
 
 def _model(*overrides: str):
-    return compose_config(["model=smollm2_135m_gguf", "model.backend=vllm", *overrides]).model
+    """The packaged SmolLM2 on the vLLM backend; float32 unless a test says otherwise (``auto``
+    depends on the machine's CPU)."""
+    dtype = [] if any(o.startswith("model.dtype=") for o in overrides) else ["model.dtype=float32"]
+    return compose_config(["model=smollm2_135m_gguf", "model.backend=vllm", *dtype, *overrides]).model
 
 
 @pytest.mark.parametrize("build, device, expected", [
@@ -495,7 +498,7 @@ def test_cpu_engine_arguments(monkeypatch) -> None:
 
     arch = SimpleNamespace(num_attention_heads=9, hidden_size=576, num_key_value_heads=3, num_hidden_layers=30,
                            max_position_embeddings=8192)
-    cfg = _model("model.dtype=auto", "model.seed=4")
+    cfg = _model("model.dtype=float32", "model.seed=4")
     kwargs = vllm_backend.engine_kwargs(cfg, "/models/smollm2", "cpu", arch, available_bytes=20 * GIB)
     assert kwargs == {"model": "/models/smollm2", "tokenizer": "/models/smollm2", "dtype": "float32", "seed": 4,
                       "max_model_len": 4096, "generation_config": "vllm", "kv_cache_memory_bytes": 4 * 4096 * 46080,
@@ -507,6 +510,10 @@ def test_cpu_engine_arguments(monkeypatch) -> None:
     gpu = vllm_backend.engine_kwargs(_model("model.enforce_eager=true"), "m", "cuda")
     assert gpu["enforce_eager"] is True and "kv_cache_memory_bytes" not in gpu and gpu["dtype"] == "float32"
     assert vllm_backend.engine_kwargs(_model("model.dtype=auto"), "m", "cuda")["dtype"] == "bfloat16"
+    from slm_ray.generation.dtypes import choose_dtype  # auto on a CPU: what this CPU computes natively
+
+    auto_cpu = vllm_backend.engine_kwargs(_model("model.dtype=auto"), "m", "cpu", arch, 20 * GIB)
+    assert auto_cpu["dtype"] == choose_dtype("auto", "cpu")[0]
 
 
 @pytest.mark.parametrize("environ, setting, allotment, expected", [
