@@ -34,8 +34,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MODULE_FOLDER = re.compile(r"^\d+_[^/]+$")
 #: Weights of other frameworks or formats: never read by a torch load.
 OTHER_WEIGHTS = ("*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf", "*.pth", "*.pt", "*.ckpt", "*.tflite", "*.mlmodel")
-#: Environment variables whose values must never appear in output.
-SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class HubFetchError(Exception):
@@ -182,8 +180,6 @@ def _first_line(exc: Exception) -> str:
 
 def redact(message: str) -> str:
     """No token or secret key from the environment in anything printed."""
-    for name in SECRET_VARS:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 4:
-            message = message.replace(secret, "***")
-    return message
+    from slm_ray.tracking.base import redact_env_secrets
+
+    return redact_env_secrets(message)

@@ -31,7 +31,6 @@ PROGRESS_MIN_BYTES = 1 << 20  # smaller files finish before a progress bar says 
 _CHUNK_BYTES = 1 << 20
 STREAM_ATTEMPTS = 3  # a cut download is retried from the start, with backoff
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _EXPECTED_FORM = "expected s3://bucket/key (a key naming one file)"
@@ -281,8 +280,6 @@ def _bucket_exists(client: Any, bucket: str) -> bool:
 
 def _redact(message: str) -> str:
     """Messages quote endpoints and server text; make sure no secret from the environment leaks."""
-    for name in _SECRET_VARS:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 4:
-            message = message.replace(secret, "***")
-    return message
+    from slm_ray.tracking.base import redact_env_secrets
+
+    return redact_env_secrets(message)

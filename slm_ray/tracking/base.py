@@ -10,6 +10,23 @@ MASK = "***"
 
 #: The words of a key in any spelling: snake_case, kebab-case, camelCase, UPPER_CASE, APIKey.
 WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+#: Environment variables whose values are secrets: an error message that quotes a server or a
+#: library never shows them.
+SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                   "CLEARML_API_SECRET_KEY")
+
+
+def redact_env_secrets(message: str) -> str:
+    """``message`` with the value of every secret environment variable (4+ characters) as ``***``."""
+    import os
+
+    for name in SECRET_ENV_VARS:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
+
+
 #: Words that make a key secret wherever they appear (clientSecret, AWS_SECRET_ACCESS_KEY, apikey).
 SECRET_WORDS = frozenset({"secret", "secrets", "password", "passwords", "passwd", "passphrase", "credential",
                           "credentials", "authorization", "cookie", "apikey", "accesskey", "secretkey", "privatekey"})
