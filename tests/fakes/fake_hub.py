@@ -206,9 +206,9 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             if not head:
                 self.wfile.write(file.path.read_bytes())
 
-        def _json(self, body: Any, headers: dict[str, str] | None = None) -> None:
+        def _json(self, body: Any, headers: dict[str, str] | None = None, status: int = 200) -> None:
             data = json.dumps(body).encode()
-            self.send_response(200)
+            self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.send_header("Content-Type", "application/json")
@@ -218,16 +218,7 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
         def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps({"error": message}).encode()
-            self.send_response(status)
-            self.send_header("X-Error-Code", code)
-            self.send_header("X-Error-Message", message)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            self._json({"error": message}, {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})},
+                       status)
 
     return Handler
