@@ -42,10 +42,10 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
+from slm_ray.environ import environment
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
 from slm_ray.generation.dtypes import choose_dtype
@@ -242,22 +242,6 @@ def cpu_thread_env(cfg: Any, environ: dict[str, str], allotment: float | None) -
     if threads is None:
         return {}
     return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set, restored on exit: the engine's processes, spawned inside,
-    keep them; this process and later models in it do not."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def engine_kwargs(cfg: Any, location: str, device: Device = "cuda", model_config: Any = None,

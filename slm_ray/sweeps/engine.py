@@ -536,23 +536,13 @@ def _environ_for_tune(verbose: int) -> Iterator[None]:
     """The driver's environment while Tune runs, restored after: cloud credentials removed (they
     would reach the trials' runtime_env and so Ray's logs); at verbose=0 Tune's newer console
     output, which prints a banner even then, switched off (the sweep prints its own lines)."""
+    from slm_ray.environ import environment
+
     changes: dict[str, str | None] = {name: None for name in TUNE_PROPAGATED_SECRETS}
     if not verbose:
         changes["RAY_AIR_NEW_OUTPUT"] = "0"
-    saved = {name: os.environ.get(name) for name in changes}
-    for name, value in changes.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    try:
+    with environment(changes):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 #: Below this many CPUs a local Ray starts without its dashboard unless asked: on 2 cores the
