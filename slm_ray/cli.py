@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from slm_ray.logs import setup_logging
+
 USAGE_EXIT = 2
-
-
-def setup_logging(debug: bool) -> None:
-    from slm_ray.logs import not_file_only
-
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        if not_file_only not in handler.filters:
-            handler.addFilter(not_file_only)
-    for noisy in ("httpx", "urllib3", "filelock", "faiss.loader", "sentence_transformers", "clearml", "bm25s"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def one_line(text: str) -> str:

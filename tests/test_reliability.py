@@ -1,11 +1,10 @@
 """Faults and checks of a sweep, with real Ray and real files (docs/RELIABILITY.md lists them):
-``report --verify`` re-scoring every trial, a generator worker killed mid-trial, a retriever actor
+``report --verify`` re-scoring every trial, a trial's process killed mid-trial (Tune retries it), a retriever actor
 killed under concurrent callers, a 24-trial sweep, and the shared retriever under concurrent load."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -99,29 +98,30 @@ def local_ray():
             ray.shutdown()
 
 
-# --- 2. a generator worker killed in the middle of a trial --------------------------------------------
+# --- 2. a trial's process killed in the middle of the trial --------------------------------------------
 
 
-def _kill_generators_when(path: Path, lines: int, killed: list[str], limit_s: float = 90.0) -> None:
-    import ray
+def _kill_trial_process_when(folder: Path, lines: int, killed: list[int], limit_s: float = 90.0) -> None:
+    """kill -9 the process of the trial running in ``folder`` once it has ``lines`` predictions."""
+    import os
+    import signal
 
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
-            count = sum(1 for line in path.read_text().splitlines() if line.strip())
-        except OSError:
-            count = 0
-        if count >= lines:
-            for actor in ray.util.list_named_actors(all_namespaces=True):
-                if re.fullmatch(r"generator-\d+", actor["name"]):
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-                    killed.append(actor["name"])
+            count = sum(1 for line in (folder / PREDICTIONS).read_text().splitlines() if line.strip())
+            pid = json.loads((folder / "trial.json").read_text()).get("pid")
+        except (OSError, ValueError):
+            count, pid = 0, None
+        if count >= lines and pid:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
             return
         time.sleep(0.05)
 
 
-def test_generator_worker_killed_mid_trial_is_replaced_and_resumes(local_ray, sweep_env: Path,
-                                                                   sweep_cache_dir: Path, capsys) -> None:
+def test_trial_process_killed_mid_trial_is_retried_by_tune_and_resumes(local_ray, sweep_env: Path,
+                                                                       sweep_cache_dir: Path, capsys) -> None:
     from slm_ray.sweeps.engine import run_sweep
     from slm_ray.sweeps.spec import load_sweep
 
@@ -138,18 +138,19 @@ resources: {{cpus: 1}}
     plan = load_sweep(sweep)
     trial = plan.trials[0]
     folder = sweep_env / "outputs" / "sweeps" / "kill" / "trials" / trial.name
-    killed: list[str] = []
-    killer = threading.Thread(target=_kill_generators_when, args=(folder / PREDICTIONS, 4, killed), daemon=True)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_trial_process_when, args=(folder, 4, killed), daemon=True)
     killer.start()
     record = run_sweep(plan, dashboard=False)
     killer.join(timeout=5)
-    assert killed, "the worker was never killed"
+    assert killed, "the trial's process was never killed"
     assert record["trials_outcome"] == {"ok": 1, "failed": 0, "not_run": 0}
     trial_record = json.loads((folder / "trial.json").read_text())
-    assert trial_record["status"] == "ok" and len(trial_record["worker_deaths"]) == 1, trial_record
-    assert trial_record["actor"] not in killed  # a new worker finished it
-    workers = record["workers"]
-    assert any(w["died"] for w in workers.values()), workers
+    assert trial_record["status"] == "ok" and trial_record["attempts"] == 2, trial_record
+    assert len(trial_record["process_losses"]) == 1 and f"generator-{killed[0]}" in trial_record["process_losses"][0]
+    assert trial_record["pid"] != killed[0]  # Tune's retry ran in a new trial actor
+    out = capsys.readouterr().out
+    assert f"retrying  {trial.name}: generator-{killed[0]} was lost" in out, out
 
     rows = [json.loads(line) for line in (folder / PREDICTIONS).read_text().splitlines()]
     ids = [r["id"] for r in rows]
@@ -199,11 +200,10 @@ def _retriever_setup(make_config, small_corpus: Path, cache: Path, name: str) ->
     from slm_ray.experiment import build_dataset
     from slm_ray.retrieval.base import build_or_load
     from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
-    from slm_ray.sweeps.actors import ray_class
 
     cfg = make_config("retriever=bm25", "retriever.k=3", "corpus=file", f"corpus.path={small_corpus}",
                       "dataset.limit=40", f"experiment.cache_dir={cache}")
-    handle = ray_class(RetrieverService).options(name=name, namespace="reliability", num_cpus=0,
+    handle = ray.remote(RetrieverService).options(name=name, namespace="reliability", num_cpus=0,
                                                   **RETRIEVER_RESTARTS).remote(
         name, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), str(cache), None, 1, 0.5)
     questions = [e.question for e in build_dataset(cfg)]

@@ -1,9 +1,8 @@
-"""Pieces of the sweep engine without Ray: the worker pool's assignment policy, the shared retriever's
+"""Pieces of the sweep engine without Ray: the trial actor's model cache, the sorting of worker output, the shared retriever's
 memoised disk cache, resume states, and the summary / report rebuilt from trial folders."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,88 +10,55 @@ from typing import Any
 import pytest
 
 from slm_ray.retrieval.service import RetrieverClient, RetrieverService, service_key
-from slm_ray.sweeps.actors import WorkerPool
 from slm_ray.sweeps.spec import SweepError, load_sweep
 
 
-class FakePool(WorkerPool):
-    """The real policy with workers that are plain records; counts model loads like a worker does."""
+class FakeGenerator:
+    """A FAKE generator (no model): counts what the trial actor's cache does with it."""
 
-    def __init__(self, remaining: dict[str, int], max_workers: int):
-        super().__init__("ns", "pool", remaining, max_workers)
-        self.loads: dict[str, dict[str, int]] = {}
-        self.killed: list[str] = []
-        self.holding: dict[str, str | None] = {}
+    def __init__(self, name: str):
+        self.name = name
+        self.closed = False
 
-    def _create(self, shape: tuple[float, float]) -> dict[str, Any]:
-        self.created += 1
-        name = f"w{self.created}"
-        worker = {"name": name, "handle": None, "shape": shape, "model_key": None, "busy": False, "trial": None,
-                  "last_used": 0.0, "loads": {}, "node_id": None, "trials": []}
-        self.workers[name] = worker
-        self.holding[name] = None
-        return worker
-
-    def _retire(self, worker: dict[str, Any]) -> None:
-        self.workers.pop(worker["name"], None)
-        self.retired[worker["name"]] = worker
-        self.killed.append(worker["name"])
-
-    async def take(self, trial: str, model: str, shape: tuple[float, float] = (1.0, 0.0)) -> str:
-        name, _ = await self.acquire(trial, model, *shape)
-        if self.holding[name] != model:  # what GeneratorWorker._ensure_model does
-            self.holding[name] = model
-            self.loads.setdefault(name, {}).setdefault(model, 0)
-            self.loads[name][model] += 1
-        return name
+    def close(self) -> None:
+        self.closed = True
 
 
-def test_pool_loads_each_model_once_per_worker() -> None:
-    async def scenario() -> FakePool:
-        pool = FakePool({"A": 3, "B": 3}, max_workers=2)
-        w1 = await pool.take("a1", "A")
-        w2 = await pool.take("a2", "A")
-        await pool.release(w1, "a1")
-        assert await pool.take("a3", "A") == w1          # same model idle: reused
-        await pool.release(w2, "a2")
-        assert await pool.take("b1", "B") == w2          # A has no trials left: w2 switches to B
-        await pool.release(w1, "a3")
-        assert await pool.take("b2", "B") == w1
-        await pool.release(w2, "b1")
-        assert await pool.take("b3", "B") == w2
-        return pool
+def test_a_trial_actor_keeps_its_model_and_swaps_it_only_for_another(make_config, monkeypatch) -> None:
+    import slm_ray.experiment as experiment
+    from slm_ray.sweeps import trainable
 
-    pool = asyncio.run(scenario())
-    assert pool.loads == {"w1": {"A": 1, "B": 1}, "w2": {"A": 1, "B": 1}}
-    assert pool.created == 2 and not pool.killed
+    built: list[FakeGenerator] = []
+    monkeypatch.setattr(experiment, "build_generator", lambda cfg: built.append(FakeGenerator(cfg.model.name)) or built[-1])
+    monkeypatch.setattr(trainable, "_HELD", {"key": None, "name": None, "generator": None, "loads": {},
+                                             "load_seconds": {}})
+    llama, qwen = make_config("model=tiny_llama"), make_config("model=tiny_qwen3")
+    hot = make_config("model=tiny_llama", "model.temperature=0.7")  # decoding differs: the same load
+    plan = [(llama, "A"), (hot, "A"), (qwen, "B"), (qwen, "B"), (llama, "A")]
+    got = [trainable.held_generator(cfg, key) for cfg, key in plan]
+    assert got[0] is got[1] and got[2] is got[3] and got[4] is not got[0]
+    assert [g.name for g in built] == ["tiny_llama", "tiny_qwen3", "tiny_llama"]
+    assert built[0].closed and built[1].closed and not built[2].closed  # a swap closes the one it replaces
+    assert trainable._HELD["loads"] == {"tiny_llama": 2, "tiny_qwen3": 1}
 
 
-def test_pool_waits_for_a_free_worker_and_retires_other_shapes() -> None:
-    async def scenario() -> FakePool:
-        pool = FakePool({"A": 2, "B": 1}, max_workers=1)
-        w1 = await pool.take("a1", "A")
-        waiting = asyncio.ensure_future(pool.take("a2", "A"))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()                         # at most max_workers at once
-        await pool.release(w1, "a1")
-        assert await waiting == w1
-        await pool.release(w1, "a2")
-        w = await pool.take("b1", "B", shape=(1.0, 1.0))  # another shape: the idle worker is retired
-        assert w == "w2" and pool.killed == ["w1"]
-        return pool
+def test_worker_output_is_sorted_into_console_steps_and_log_lines() -> None:
+    from slm_ray.logs import LineSorter
 
-    asyncio.run(scenario())
-
-
-def test_pool_relays_progress_and_lines() -> None:
-    async def scenario() -> None:
-        pool = FakePool({}, 1)
-        await pool.push("t", {"examples_done": 3.0}, ["a", "b"])
-        await pool.push("t", {}, ["c"])
-        assert await pool.pull("t") == ({"examples_done": 3.0}, ["a", "b", "c"])
-        assert await pool.pull("t") == ({"examples_done": 3.0}, [])
-
-    asyncio.run(scenario())
+    shown: list[str] = []
+    kept: list[str] = []
+    sorter = LineSorter(show=shown.append, keep=kept.append)
+    sorter({"pid": 41, "actor_name": "", "task_name": "ImplicitFunc.train", "lines": [
+        "[slm_ray step generator-41] loaded tiny_llama on cpu in 1.2s",
+        "[slm_ray info generator-41] tiny_llama-nq-no_context: 4 examples, 0 already done",
+        "[slm_ray warning retriever-bm25-x] dropped 1 damaged cached answer(s)",
+        "\x1b[33mLoading weights: 100%\x1b[0m", ""]})
+    sorter({"pid": "raylet", "lines": ["\x1b[2m[2026-12-04 18:00:00] raylet spilled objects\x1b[0m"]})
+    assert shown == ["  [generator-41] loaded tiny_llama on cpu in 1.2s",
+                     "  [retriever-bm25-x] dropped 1 damaged cached answer(s)"]
+    assert kept == ["  [generator-41] tiny_llama-nq-no_context: 4 examples, 0 already done",
+                    "(ImplicitFunc.train pid=41) Loading weights: 100%",
+                    "(pid=raylet) [2026-12-04 18:00:00] raylet spilled objects"]
 
 
 def _service(tmp_path: Path, corpus: Path, cache: Path) -> RetrieverService:
@@ -229,24 +195,6 @@ grid:
     atomic_write_json(sweep_dir / "trials" / nc.name / "trial.json", {"status": "failed", "error": "InputsChanged: x"})
     rows = {r["trial"]: r for r in write_summary(sweep_dir)["rows"]}
     assert rows[nc.name]["status"] == "failed"
-
-
-def test_capacity_counts_workers_next_to_retriever_actors(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
-    from slm_ray.sweeps.engine import _capacity
-
-    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}},
-             {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
-             {"Alive": False, "Resources": {"CPU": 96.0, "GPU": 8.0}}]
-    monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    assert _capacity({(2.0, 1.0)}, 0, (0.0, 0.0)) == 1          # one GPU alive
-    assert _capacity({(2.0, 0.25)}, 0, (0.0, 0.0)) == 4         # four shares of it
-    assert _capacity({(1.0, 0.0)}, 0, (0.0, 0.0)) == 16
-    assert _capacity({(1.0, 0.0), (2.0, 1.0)}, 0, (0.0, 0.0)) == 1   # the largest shape decides
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
-    assert _capacity({(1.0, 0.0)}, 1, (1.0, 0.0)) == 1          # a retriever actor takes a CPU
-    assert _capacity({(2.0, 0.0)}, 2, (1.0, 0.0)) == 0
 
 
 def test_an_edited_cached_retrieval_is_dropped_and_searched_again(tmp_path: Path, small_corpus: Path) -> None:

@@ -101,7 +101,7 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
         kwargs["device_map"] = device
     if cfg.source == "gguf_package":
         folder = packaged_gguf_folder(cfg.path, cfg.gguf_file)
-        location: str | Path = _dequantised_copy(folder, cfg.gguf_file, dtype, Path(cache_dir))
+        location: str | Path = _dequantised_copy(folder, cfg.gguf_file, dtype, Path(cache_dir))[0]
     elif cfg.source == "local":
         location = Path(cfg.path)
         if not location.is_dir():
@@ -115,7 +115,18 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
     return tokenizer, model.eval(), device
 
 
-def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> Path:
+def prepare_local_copy(cfg: Any, cache_dir: str | Path) -> bool:
+    """Make the local copy a load of the ``model`` config reads (a packaged GGUF's dequantised
+    safetensors) before any trial needs it; True when made now, False when there was nothing to do."""
+    from slm_ray.generation.dtypes import torch_dtype
+
+    if cfg.source != "gguf_package":
+        return False
+    dtype = torch_dtype(model_dtype(cfg, resolve_device(cfg.device))[0])
+    return _dequantised_copy(packaged_gguf_folder(cfg.path, cfg.gguf_file), cfg.gguf_file, dtype, Path(cache_dir))[1]
+
+
+def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> tuple[Path, bool]:
     """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s. The
     copy is used only if every file matches its manifest; otherwise it is dequantised again."""
     from slm_ray.cache_entry import load_or_build
@@ -128,8 +139,7 @@ def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path)
         _dequantise(folder, gguf_file, dtype, staging)
 
     # Two sweep workers starting together: one dequantises, the other waits under the build lock.
-    load_or_build(target, build, what="dequantised model")
-    return target
+    return target, load_or_build(target, build, what="dequantised model")
 
 
 def _dequantise(folder: Path, gguf_file: str, dtype: Any, staging: Path) -> None:

@@ -103,6 +103,17 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
     rebuilt (see ``slm_ray.cache_entry``). A new index is written to a staging folder and renamed
     into place, so an interrupted build never leaves a half-written index that a later run trusts.
     """
+    return _cached_index(retriever_cfg, passages, cache_dir, load=True)
+
+
+def ensure_index(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path) -> bool:
+    """Build the cached index where it is missing or unsound, without loading a sound one (a
+    sweep's prepare stage); True when built now."""
+    return _cached_index(retriever_cfg, passages, cache_dir, load=False)[1]
+
+
+def _cached_index(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path,
+                  load: bool) -> tuple[BaseRetriever, bool]:
     from slm_ray.config import import_object
 
     cls = import_object(retriever_cfg.target)
@@ -111,7 +122,7 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
     retriever = cls(retriever_cfg, passages)
     folder = Path(cache_dir) / "indexes" / index_key(retriever_cfg, passages)
 
-    def load(path: Path) -> None:
+    def read(path: Path) -> None:
         started = time.perf_counter()
         retriever.load(path)
         log.info("loaded %s index from %s in %.2fs", retriever_cfg.type, path, time.perf_counter() - started)
@@ -126,5 +137,5 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
                 "corpus": corpus_fingerprint(passages), "built_s": round(time.perf_counter() - started, 3)}
         atomic_write_json(staging / "meta.json", meta)
 
-    built_now = load_or_build(folder, build, load=load, what="cached index")
+    built_now = load_or_build(folder, build, load=read if load else None, what="cached index")
     return retriever, built_now

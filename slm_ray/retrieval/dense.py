@@ -92,8 +92,21 @@ class DenseRetriever(BaseRetriever):
         return self._encoder.encode(texts, batch_size=self.config.encode_batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=show_progress).astype("float32")
 
-    def _encode_corpus(self, texts: list[str]) -> Any:
-        """The corpus's embeddings, in tenths, with one log line per tenth: the slowest step of a
+    def _encode_corpus(self) -> Any:
+        """The corpus's embeddings: shipped with the package for the built-in corpus and the default
+        encoder (``slm_ray.retrieval.prebuilt``), else encoded here."""
+        from slm_ray.data.corpus import corpus_fingerprint
+        from slm_ray.retrieval.prebuilt import prebuilt_embeddings
+
+        found = prebuilt_embeddings(self.config.encoder, self.dtype, corpus_fingerprint(self.passages))
+        if found is not None:
+            log.info("dense index: %d passages with the embeddings shipped for the built-in corpus", len(found),
+                     extra=STEP)
+            return found
+        return self.encode_passages([passage_text(p) for p in self.passages])
+
+    def encode_passages(self, texts: list[str]) -> Any:
+        """Embeddings of ``texts``, in tenths, with one log line per tenth: the slowest step of a
         cold sweep on a CPU, shown as a few clean lines rather than a progress bar."""
         import numpy as np
 
@@ -110,7 +123,7 @@ class DenseRetriever(BaseRetriever):
     def build(self) -> None:
         import faiss
 
-        embeddings = self._encode_corpus([passage_text(p) for p in self.passages])
+        embeddings = self._encode_corpus()
         dim = embeddings.shape[1]
         if self.config.index_type == "flat":
             index = faiss.IndexFlatIP(dim)

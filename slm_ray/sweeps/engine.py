@@ -1,54 +1,36 @@
-"""Run a sweep plan on Ray: shared retriever actors, a pool of generator workers, Ray Tune on top.
+"""Run a sweep plan on Ray: prepare what the trials share, then Ray Tune runs the trials.
 
-Tune drives the trials (one grid-search sample per pending trial, ``max_concurrent_trials`` at a
-time, a failed trial recorded and the others continued). A Tune trial is a light function pinned
-to the driver's node: it borrows a generator worker from the pool, has it run the trial, reports
-the worker's progress to Tune, and writes the trial's bookkeeping (``trial.json``) next to the
-trial's files on the driver's disk. Workers on nodes without the driver's disk send their
-prediction lines back as they go, so the driver's copy is always the one to resume from.
-
-Resuming: trials whose ``results.json`` is there (for the same config) are skipped before anything
-starts; an interrupted trial continues from its predictions (``run_experiment`` resumes).
+1. Plan: trials whose ``results.json`` is there (for the same inputs) are skipped; interrupted
+   ones continue from their predictions (``run_experiment`` resumes).
+2. Ray: a local Ray of the sweep's own (``reaper`` ends it if the driver is killed), or ``--address``.
+3. Prepare (``prepare.py``): Ray tasks build every missing index and model copy, before any trial.
+4. One retriever actor per retriever configuration loads its index and serves every trial.
+5. Tune runs one trial per pending trial. The trial actor is the generator (``trainable.py``): Tune
+   reuses it for the next trial of the same resources (``reuse_actors``), holds its resources (the
+   sweep's ``resources``, per trial), and retries it when its process is lost (``FailureConfig``).
+   ``display.trial_events``, a Tune callback, writes the trial records and the console lines.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
+import signal
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from slm_ray.io import atomic_write_json, atomic_write_text
-from slm_ray.results import METRICS
-from slm_ray.sweeps import console
+from slm_ray.sweep_folder import SweepFolder, now_iso
+from slm_ray.sweeps import display
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
 from slm_ray.sweeps.summary import write_summary
 
 log = logging.getLogger("slm_ray.sweep")
-
-POOL_NAME = "generator-pool"
-POLL_SECONDS = 1.0
-TRIAL_RECORD = "trial.json"
-#: How many times a trial whose generator worker died is resumed on a new worker.
-WORKER_RETRIES = 2
-
-
-#: What a trial reports once it has a worker: every key it will report later, empty for now.
-#: Tune's progress.csv takes its columns from a trial's first report and drops keys that come later.
-STARTED = {"examples_done": 0, "examples_per_second": 0.0, "peak_rss_mb": 0.0, "peak_gpu_mb": 0.0,
-           "torch_peak_allocated_mb": 0.0, "node_id": None,
-           **{f"running_{m}": float("nan") for m in METRICS},
-           **{f"{m}{end}": float("nan") for m in METRICS for end in ("", "_ci_low", "_ci_high")}}
-
-
-class TrialFailed(RuntimeError):
-    """A trial's experiment raised: the message is the original error, in one line."""
+#: Seconds to wait for worker output in flight before handing an existing Ray's output back to Ray.
+LAST_OUTPUT_S = 1.0
 
 
 # --- resume bookkeeping (no Ray) --------------------------------------------------------------------
@@ -94,228 +76,16 @@ def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None
         raise SweepError(f"trial {trial.name}: {exc} (a new sweep folder: --name NAME)") from None
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --- the Tune trial function ---------------------------------------------------------------------------
-
-def run_trial(config: dict[str, Any], *, trials: dict[int, dict[str, Any]], ctx: dict[str, Any]) -> None:
-    """One Tune trial: borrow a worker, run the trial on it, stream its progress, record the outcome."""
-    import ray
-    from ray import tune
-
-    spec = trials[config["trial"]]
-    head = Path(ctx["trials_dir"]) / spec["name"]
-    pool = ray.get_actor(ctx["pool"], namespace=ctx["namespace"])
-    started = time.time()
-    deaths: list[str] = []
-    while True:  # a worker that dies (killed, OOM-killed, node lost) is replaced; the trial resumes
-        worker_name, worker = ray.get(pool.acquire.remote(spec["name"], spec["model_key"], spec["cpus"], spec["gpus"]))
-        record: dict[str, Any] = {"run_id": ctx["run_id"], "trial": spec["name"], "actor": worker_name,
-                                  "retriever_actor": spec.get("retriever_actor"), "started": now_iso(),
-                                  "worker_deaths": list(deaths)}
-        tune.report({**STARTED, "status": "started", "actor": worker_name})
-        try:
-            out = _run_on_worker(spec, ctx, head, pool, worker_name, worker)
-            break
-        except ray.exceptions.RayActorError as exc:
-            ray.get(pool.release.remote(worker_name, spec["name"], None, True))
-            message = f"generator actor {worker_name} died: {_first_line(exc)}"
-            deaths.append(message)
-            if len(deaths) <= WORKER_RETRIES:
-                log.warning("trial %s: %s; resuming on a new worker (%d/%d)", spec["name"], message,
-                            len(deaths), WORKER_RETRIES)
-                continue
-            _write_record(head, {**record, "status": "failed", "error": message, "worker_deaths": deaths,
-                                 "seconds": round(time.time() - started, 3)})
-            raise TrialFailed(message) from None
-        except ray.exceptions.RayTaskError as exc:
-            ray.get(pool.release.remote(worker_name, spec["name"], None, False))
-            cause = getattr(exc, "cause", None) or exc
-            message = f"{type(cause).__name__}: {_first_line(cause)}"
-            _write_record(head, {**record, "status": "failed", "error": message,
-                                 "seconds": round(time.time() - started, 3)})
-            raise TrialFailed(message) from None
-    ray.get(pool.release.remote(worker_name, spec["name"], {"loads": out["loads"], "node_id": out["node_id"]}, False))
-    if out.get("files"):
-        for name, text in out["files"].items():
-            atomic_write_text(head / name, text)
-    results = out["results"]
-    _write_record(head, {**record, "status": "ok", "error": None, "node_id": out["node_id"], "pid": out["pid"],
-                         "model_loaded_now": out["model_loaded_now"], "model_load_seconds": out["model_load_seconds"],
-                         "mirrored": out["mirrored"], "seconds": out["seconds"], "finished": now_iso(),
-                         "worker_span": out["worker_span"],
-                         "worker_deaths": deaths})
-    tune.report({**final_metrics(results), "status": "ok", "actor": worker_name, "node_id": out["node_id"]})
-
-
-def _run_on_worker(spec: dict[str, Any], ctx: dict[str, Any], head: Path, pool: Any, worker_name: str,
-                   worker: Any) -> dict[str, Any]:
-    """Have ``worker`` run (or resume) the trial, relaying its progress to Tune; its output dict."""
-    import ray
-    from ray import tune
-
-    from slm_ray.run_folder import PREDICTIONS, append_prediction_lines
-
-    payload = {**spec, "run_id": ctx["run_id"], "seed": {}}
-    if not ray.get(worker.sees_driver_disk.remote(spec["sweep_dir"], ctx["run_id"])):
-        payload["seed"] = _seed_files(head)  # its node has its own disk: resume from the driver's copy
-    head_ids: set[str] | None = None
-    last: dict[str, float] | None = None
-    ref = worker.run_trial.remote(payload)
-    while True:
-        ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
-        values, lines = ray.get(pool.pull.remote(spec["name"]))
-        if lines:  # the driver's mirror of a remote worker's file, each example once
-            head_ids = append_prediction_lines(head / PREDICTIONS, lines, head_ids)
-        if values and values != last:
-            last = values
-            tune.report({**values, "status": "running", "actor": worker_name})
-        if ready:
-            break
-    return ray.get(ref)
-
-
-def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """The flat numbers Tune keeps for a finished trial (every metric with its interval)."""
-    from slm_ray.results import Results
-
-    typed = Results.model_validate(results)
-    metrics: dict[str, Any] = {"examples_done": typed.n_examples}
-    for key, value in typed.metrics.items():
-        metrics.update({key: value.mean, f"{key}_ci_low": value.ci_low, f"{key}_ci_high": value.ci_high})
-    flat = typed.flat()
-    metrics["examples_per_second"] = flat["examples_per_second"]
-    metrics["peak_rss_mb"] = flat["model_peak_rss_mb"]
-    return metrics
-
-
-def _seed_files(head: Path) -> dict[str, str]:
-    """The driver's copy of an interrupted trial, for a worker whose node has its own disk."""
-    from slm_ray.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS
-
-    return {name: (head / name).read_text(encoding="utf-8") for name in (CONFIG, INPUTS, SEGMENTS, PREDICTIONS)
-            if (head / name).is_file()}
-
-
-def _adopt_completed_elsewhere(head: Path) -> None:
-    """A trial whose last sweep attempt failed but whose folder now holds results for the sweep's
-    very inputs (completed with ``slm-ray run``, as ``--cfg`` prints it): record it as ok."""
-    try:
-        record = json.loads((head / TRIAL_RECORD).read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and record.get("status") == "failed":
-        _write_record(head, {**record, "status": "ok", "error": None,
-                             "note": f"completed outside the sweep after a failed attempt ({record.get('error')})"})
-
-
-def _write_record(head: Path, record: dict[str, Any]) -> None:
-    atomic_write_json(head / TRIAL_RECORD, record)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # RayTaskError text starts with the remote traceback; the cause's own message is the last line
-    return lines[-1] if lines else type(exc).__name__
-
-
-def print_line(text: str) -> None:
-    """A driver line, through the sweep's console (module-level, so that Tune can pickle the callback)."""
-    console.echo(text)
-
-
-def _progress_callback(names: dict[int, str], trials_dir: Path, every_s: float = 15.0) -> Any:
-    """A Tune callback that prints one line per trial event (and running progress now and then)."""
-    from ray.tune import Callback
-
-    echo = print_line
-
-    class _Progress(Callback):
-        def __init__(self) -> None:
-            self.last_print: dict[str, float] = {}
-            self.done = 0
-            self.started: set[str] = set()
-
-        def _name(self, trial: Any) -> str:
-            return names.get((trial.config or {}).get("trial"), str(trial))
-
-        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            if console.ACTIVE is not None:
-                console.ACTIVE.poll()  # the actors' steps: model loads, index builds
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if console.ACTIVE is not None:
-                console.ACTIVE.poll(every_s=0.0)  # a model load posted just before this event comes first
-            name = self._name(trial)
-            if result.get("status") == "started":  # it has a worker now
-                if name not in self.started and console.ACTIVE is not None:
-                    console.ACTIVE.trial_started()
-                self.started.add(name)
-                echo(f"  started   {name} on {result.get('actor')}")
-                return
-            if result.get("status") != "running" or time.monotonic() - self.last_print.get(name, 0.0) < every_s:
-                return
-            self.last_print[name] = time.monotonic()
-            speed = float(result.get("examples_per_second", 0.0) or 0.0)
-            text = (f"  progress  {name}: {int(result.get('examples_done', 0))} examples, {speed:.2f} ex/s, "
-                    f"running token recall {result.get('running_token_recall', 0.0):.3f}, "
-                    f"peak RSS {result.get('peak_rss_mb', 0.0):.0f} MB")
-            if console.ACTIVE is not None:
-                console.ACTIVE.progress(text, name, speed)
-            else:
-                echo(text)
-
-        def _finished(self, name: str, ok: bool) -> None:
-            self.done += 1
-            if console.ACTIVE is not None:
-                console.ACTIVE.poll(every_s=0.0)
-                if name not in self.started:
-                    console.ACTIVE.trial_started()
-                console.ACTIVE.trial_finished(name, ok)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._finished(self._name(trial), True)
-            result = trial.last_result or {}
-            speed = result.get("examples_per_second")
-            echo(f"  [{self.done}/{len(names)}] ok     {self._name(trial)}: token recall "
-                 f"{result.get('token_recall', float('nan')):.3f} on {result.get('actor')}, "
-                 + (f"{speed:.2f} ex/s" if speed else "speed unknown"))
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            name = self._name(trial)
-            self._finished(name, False)
-            try:
-                error = json.loads((trials_dir / name / TRIAL_RECORD).read_text()).get("error") or ""
-            except (OSError, ValueError):
-                error = "see the Tune error file"
-            echo(f"  [{self.done}/{len(names)}] FAILED {name}: {error}")
-
-    return _Progress()
-
-
-class _TrialNames:
-    """Tune's trial name / folder name: the sweep's readable trial name."""
-
-    def __init__(self, names: dict[int, str]):
-        self.names = names
-
-    def __call__(self, trial: Any) -> str:
-        return self.names[trial.config["trial"]]
-
-
 # --- the driver ------------------------------------------------------------------------------------------
 
 def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
-              worker_env: dict[str, str] | None = None, echo: Callable[[str], None] = print_line,
+              worker_env: dict[str, str] | None = None, echo: Callable[[str], None] = display.echo,
               dashboard: bool | None = None) -> dict[str, Any]:
     """Run what is left of ``plan``; write sweep_stats.json and the summary. Returns this run's stats.
 
     ``address``: an existing Ray cluster (else a local one is started). ``dashboard``: whether that
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
-    ``worker_env``: extra environment variables for the generator and retriever actors.
+    ``worker_env``: extra environment variables for the trial, retriever and prepare processes.
     """
     from slm_ray.run_folder import PREDICTIONS, RESULTS, FolderLock
 
@@ -326,13 +96,14 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
             raise SweepError(f"{sweep_abs} holds a single run's {name}, not a sweep: pass --name <another name>")
     lock = FolderLock(sweep_abs, "sweep").acquire()  # one driver per sweep folder, for its whole run
     try:
-        with console.active(console.SweepConsole()):
-            return _run_sweep_locked(plan, base, sweep_abs, address, verbose, worker_env, echo, dashboard)
+        with display.active(display.SweepConsole()):
+            return _run_sweep_locked(plan, base, SweepFolder(sweep_abs), address, verbose, worker_env, echo,
+                                     dashboard)
     finally:
         lock.release(tidy=True)  # removes the folder only if this sweep created it and wrote nothing
 
 
-def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str | None, verbose: int,
+def _run_sweep_locked(plan: SweepPlan, base: Path, folder: SweepFolder, address: str | None, verbose: int,
                       worker_env: dict[str, str] | None, echo: Callable[[str], None],
                       dashboard: bool | None) -> dict[str, Any]:
     datasets: dict[str, Any] = {}
@@ -341,15 +112,9 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
     del datasets
     for trial in plan.trials:
         if states[trial.name] == "complete":
-            _adopt_completed_elsewhere(trial_dir(trial, base))
+            folder.adopt_completed_elsewhere(trial.name)
     pending = [t for t in plan.trials if states[t.name] != "complete"]
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-    def prepare_folder() -> None:  # once nothing can refuse the sweep any more
-        sweep_abs.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(sweep_abs / "sweep.json", {**plan.to_json(), "updated": now_iso()})
-        if console.ACTIVE is not None:
-            console.ACTIVE.attach_file(sweep_abs / console.SWEEP_LOG)
     record: dict[str, Any] = {
         "run_id": run_id, "started": now_iso(), "address": address or "local",
         "trials": {"total": len(plan.trials), "already_complete": len(plan.trials) - len(pending),
@@ -358,34 +123,39 @@ def _run_sweep_locked(plan: SweepPlan, base: Path, sweep_abs: Path, address: str
     started = time.perf_counter()
     complete = len(plan.trials) - len(pending)
     if not pending:
-        prepare_folder()
+        _open_folder(folder, plan)
         echo(f"sweep {plan.name}: all {len(plan.trials)} trials are complete; nothing to run")
         record.update({"model_loads": {}, "model_loads_per_actor": {}, "indexes_built": 0, "retriever_actors": []})
     else:
         echo(f"sweep {plan.name}: {len(pending)} of {len(plan.trials)} trials to run"
              + (f" ({complete} already complete)" if complete else ""))
-        record.update(_run_on_ray(plan, pending, run_id, base, sweep_abs, address, verbose, worker_env, echo,
-                                  prepare_folder, dashboard, checked))
+        record.update(_run_on_ray(plan, pending, run_id, base, folder, address, verbose, worker_env, echo,
+                                  dashboard, checked))
     record["finished"] = now_iso()
     record["wall_seconds"] = round(time.perf_counter() - started, 3)
-    _write_stats(sweep_abs, plan.name, record)
-    summary = write_summary(sweep_abs)
+    folder.append_stats(plan.name, record)
+    summary = write_summary(folder.path)
     record["summary"] = summary["counts"]
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n) or "no trials"
     echo(f"trials: {counts}")
-    echo(f"summary: {sweep_abs / 'summary.md'}")
+    echo(f"summary: {folder.path / 'summary.md'}")
     return record
 
 
-def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, sweep_abs: Path,
+def _open_folder(folder: SweepFolder, plan: SweepPlan) -> None:
+    """Write the plan and start sweep.log, once nothing can refuse the sweep any more."""
+    folder.write_plan(plan.to_json())
+    if display.ACTIVE is not None:
+        display.ACTIVE.attach_file(folder.log_path)
+
+
+def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, folder: SweepFolder,
                 address: str | None, verbose: int, worker_env: dict[str, str] | None,
-                echo: Callable[[str], None], prepare_folder: Callable[[], None],
-                dashboard_wanted: bool | None = None,
-                checked: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                echo: Callable[[str], None], dashboard_wanted: bool | None,
+                checked: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import ray
 
-    from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
-    from slm_ray.sweeps.actors import RUN_MARKER, WorkerPool, prestart_workers, ray_class
+    from slm_ray.sweeps.reaper import Reaper
 
     connect_started = time.perf_counter()
     chosen = dashboard_wanted is not None
@@ -394,8 +164,6 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     started_here, dashboard = _connect(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
     local = started_here and not address and not os.environ.get("RAY_ADDRESS")
-    from slm_ray.sweeps.reaper import Reaper
-
     reaper = Reaper.start() if local else None  # this Ray's processes go when the driver is killed
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
@@ -407,127 +175,220 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         echo("Ray dashboard: not available (pip install 'ray[default]')")
     namespace = f"slm_ray-{plan.name}-{run_id}"
     services: dict[str, Any] = {}
-    pool = None
-    first: list[tuple[str, Any, tuple, str]] = []
-    board = None
-    quiet_ray = console.ray_logs_to_sweep_log()
-    quiet_ray.__enter__()
+    routing = _worker_output_to_console()
+    routing.__enter__()
     try:
-        from slm_ray.logs import BOARD_NAME, Board
+        with display.ray_logs_to_sweep_log():
+            shapes = _trial_shapes(plan, pending, local)
+            _open_folder(folder, plan)
+            folder.mark_run(run_id)
+            from slm_ray.sweeps.prepare import prepare
 
-        # First of all actors, so that every later one finds it when it logs its first step; in the
-        # job's own namespace, the one an actor's runtime context names.
-        board = ray_class(Board).options(name=BOARD_NAME, num_cpus=0).remote()
-        if console.ACTIVE is not None:
-            console.ACTIVE.board = board
-        shapes = _resolve_shapes(plan, pending, local)
-        n_services = len({t.retriever_key for t in pending if t.retriever_key})
-        rr = plan.retriever_resources
-        capacity = _capacity(set(shapes.values()), n_services, (rr.cpus, rr.gpus or 0.0))
-        if capacity < 1 and local:
-            raise SweepError(f"this machine cannot hold a generator worker (resources {plan.resources.as_dict()}) "
-                             f"next to {n_services} retriever actor(s) (retriever_resources {rr.as_dict()}); "
-                             "lower them in the sweep file")
-        concurrency = plan.max_concurrent_trials or max(1, capacity)
-        if local and concurrency > capacity:
-            log.warning("max_concurrent_trials=%d but this machine holds %d workers: using %d",
-                        concurrency, capacity, capacity)
-            concurrency = capacity
-        concurrency = max(1, min(concurrency, len(pending)))
-        prepare_folder()
-        atomic_write_text(sweep_abs / RUN_MARKER, run_id + "\n")
-        payloads: dict[int, dict[str, Any]] = {}
-        for trial in pending:
-            key = trial.retriever_key
-            cpus, gpus = shapes[trial.name]
-            payloads[trial.index] = {
-                "index": trial.index, "name": trial.name, "config": trial.config.model_dump(by_alias=True),
-                "model_key": trial.model_key, "model_name": trial.config.model.name, "cpus": cpus, "gpus": gpus,
-                "retriever_actor": f"retriever-{key}" if key else None, "sweep_dir": str(plan.sweep_dir),
-                "inputs": (checked or {}).get(trial.name),
-            }
-        # Start order matters where Ray starts few processes at once (as many as CPUs): the
-        # generator workers of the first trials first, then the pool, then the retriever actors.
-        first = prestart_workers(namespace, POOL_NAME, [(t.model_key, *shapes[t.name], payloads[t.index]["config"])
-                                                        for t in pending[:concurrency]], str(base), worker_env)
-        remaining: dict[str, int] = {}
-        for trial in pending:
-            remaining[trial.model_key] = remaining.get(trial.model_key, 0) + 1
-        pool = ray_class(WorkerPool).options(name=POOL_NAME, namespace=namespace, num_cpus=0,
-                                             max_concurrency=1000).remote(
-            namespace, POOL_NAME, remaining, concurrency, str(base), worker_env, first)
-        warmups = []
-        for trial in pending:
-            key = trial.retriever_key
-            if key is not None and key not in services:
-                cfg = trial.config
-                rr = plan.retriever_resources
-                services[key] = ray_class(RetrieverService).options(
-                    name=f"retriever-{key}", namespace=namespace, num_cpus=rr.cpus, num_gpus=rr.gpus or 0,
-                    **RETRIEVER_RESTARTS, **_runtime_env(worker_env),
-                ).remote(key, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(),
-                         cfg.experiment.cache_dir, str(base), int(rr.cpus) or os.cpu_count(),
-                         cfg.experiment.memory_interval_s)
-                warmups.append(services[key].warmup.remote())
-        from ray import tune
-
-        ctx = {"namespace": namespace, "pool": POOL_NAME, "run_id": run_id,
-               "trials_dir": str((base / plan.trials_dir).resolve())}
-        echo(f"running {len(pending)} trials, at most {concurrency} at a time, {len(services)} retriever actor(s); "
-             f"Tune results in {sweep_abs / 'ray' / f'run-{run_id}'}")
-        trainable = tune.with_resources(tune.with_parameters(run_trial, trials=payloads, ctx=ctx),
-                                        {"CPU": 0, _driver_node_resource(): 0.001})
-        names = _TrialNames({t.index: t.name for t in pending})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.index for t in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
-                                        trial_name_creator=names, trial_dirname_creator=names),
-            run_config=tune.RunConfig(name=f"run-{run_id}", storage_path=str(sweep_abs / "ray"),
-                                      failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-                                      verbose=verbose, callbacks=[_progress_callback(names.names, Path(ctx["trials_dir"]))]),
-        )
-        if console.ACTIVE is not None:
-            console.ACTIVE.start_status(len(pending))
-        with _environ_for_tune(verbose):
-            grid = tuner.fit()
-        tune_errors = {}
-        for result in grid:
-            index = (result.config or {}).get("trial")
-            if index is not None and result.error is not None:
-                tune_errors[index] = f"{type(result.error).__name__}: {_first_line(result.error)}"
-        pool_stats = ray.get(pool.stats.remote())
-        retriever_stats = _service_stats(services, warmups)
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+            prepared = prepare(pending, str(base), worker_env, echo)
+            failed = prepared.pop("failed")
+            runnable = [t for t in pending if t.retriever_key not in failed]
+            for trial in pending:
+                if trial.retriever_key in failed:
+                    folder.write_trial_record(trial.name, {"run_id": run_id, "trial": trial.name, "status": "failed",
+                                                           "error": failed[trial.retriever_key],
+                                                           "finished": now_iso()})
+            services = _start_retrievers(runnable, plan, namespace, str(base), worker_env)
+            echo(f"running {len(runnable)} trials"
+                 + (f", at most {plan.max_concurrent_trials} at a time" if plan.max_concurrent_trials else "")
+                 + f", {len(services)} retriever actor(s); Tune results in {folder.tune_dir() / f'run-{run_id}'}")
+            if runnable:
+                _tune(plan, runnable, run_id, base, folder, namespace, shapes, worker_env, verbose, checked)
+            retriever_stats = _service_stats(services)
+            nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     finally:
-        if console.ACTIVE is not None:
-            console.ACTIVE.close_status()  # the actors' last lines, then the status line goes
-        _cleanup(pool, services, [handle for _, handle, _, _ in first] + ([board] if board is not None else []))
+        if display.ACTIVE is not None:
+            display.ACTIVE.close_status()
+        for handle in services.values():
+            ray.kill(handle)
         if started_here:
             ray.shutdown()
+        else:
+            time.sleep(LAST_OUTPUT_S)  # the actors' last lines, still on their way through Ray's log path
+        routing.__exit__(None, None, None)
         if reaper is not None:
             reaper.done()
-        quiet_ray.__exit__(None, None, None)
-    outcome = _record_outcomes(pending, base, run_id, tune_errors)
-    loads_per_actor = {name: w["loads"] for name, w in pool_stats["workers"].items()}
-    model_loads: dict[str, int] = {}
-    for loads in loads_per_actor.values():
-        for model, n in loads.items():
-            model_loads[model] = model_loads.get(model, 0) + n
+    outcome = _outcomes(pending, folder, run_id)
     return {
         "dashboard_url": dashboard, "ray_connect_seconds": connect_seconds, "nodes": nodes,
-        "max_concurrent_trials": concurrency,
+        "max_concurrent_trials": plan.max_concurrent_trials or "auto",
         "trials_outcome": outcome["counts"], "trial_nodes": outcome["nodes"], "trial_actors": outcome["actors"],
-        "model_loads": model_loads, "model_loads_per_actor": loads_per_actor, "workers": pool_stats["workers"],
-        "indexes_built": sum(1 for s in retriever_stats if s.get("index_built_now")),
-        "indexes_loaded": sum(1 for s in retriever_stats if s.get("index_built_now") is False),
+        "model_loads": outcome["model_loads"], "model_loads_per_actor": outcome["loads_per_actor"],
+        "indexes_built": prepared["indexes_built"], "indexes_loaded": prepared["indexes_cached"],
         "retriever_actors": retriever_stats,
     }
 
 
-#: Credentials Ray Tune copies from the driver's environment into every trial's runtime_env, which
-#: Ray's runtime_env agent then writes, in plain text, to runtime_env_agent.log. Trial functions
-#: need none of them (they only talk to the actors, which have their own environment).
+def _tune(plan: SweepPlan, trials: list[Trial], run_id: str, base: Path, folder: SweepFolder, namespace: str,
+          shapes: dict[str, tuple[float, float]], worker_env: dict[str, str] | None, verbose: int,
+          checked: dict[str, dict[str, Any]]) -> None:
+    """Run ``trials`` with Ray Tune, one trial actor (a generator) per running trial."""
+    from ray import tune
+
+    from slm_ray.sweeps.events import TrialEvents
+    from slm_ray.sweeps.trainable import run_trial
+
+    payloads: dict[int, dict[str, Any]] = {}
+    seeds: dict[str, dict[str, str]] = {}
+    for trial in trials:
+        key = trial.retriever_key
+        payloads[trial.index] = {
+            "name": trial.name, "config": trial.config.model_dump(by_alias=True), "model_key": trial.model_key,
+            "retriever_actor": f"retriever-{key}" if key else None, "namespace": namespace,
+            "sweep_dir": str(folder.path), "run_id": run_id, "driver_cwd": str(base),
+            "inputs": checked.get(trial.name), "env": dict(worker_env or {})}
+        seed = folder.seed_files(trial.name)
+        if seed:
+            seeds[trial.name] = seed
+    names = {t.index: t.name for t in trials}
+    shape_of = {t.index: shapes[t.name] for t in trials}
+
+    def trial_resources(config: dict[str, Any]) -> Any:
+        cpus, gpus = shape_of[config["trial"]]
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
+
+    def trial_name(trial: Any) -> str:
+        return names[trial.config["trial"]]
+
+    def run_one(config: dict[str, Any], payloads: dict[int, dict[str, Any]], seeds: dict[str, dict[str, str]]) -> None:
+        run_trial(payloads[config["trial"]], seeds)
+
+    trainable = tune.with_resources(tune.with_parameters(run_one, payloads=payloads, seeds=seeds), trial_resources)
+    retriever_actors = {t.name: (f"retriever-{t.retriever_key}" if t.retriever_key else None) for t in trials}
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.index for t in trials])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(name=f"run-{run_id}", storage_path=str(folder.tune_dir()),
+                                  failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+                                  verbose=verbose,
+                                  callbacks=[TrialEvents(folder, names, run_id, retriever_actors)]),
+    )
+    if display.ACTIVE is not None:
+        display.ACTIVE.start_status(len(trials))
+    with _environ_for_tune(verbose):
+        tuner.fit()
+
+
+def _trial_shapes(plan: SweepPlan, pending: list[Trial], local: bool) -> dict[str, tuple[float, float]]:
+    """(cpus, gpus) of every pending trial; gpus auto = model.num_gpus where the cluster has GPUs.
+    A trial that no node could hold is refused on a local Ray (an autoscaler may add one elsewhere)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    shapes = {}
+    for trial in pending:
+        gpus = plan.resources.gpus
+        if gpus is None:
+            gpus = float(trial.config.model.num_gpus) if has_gpu else 0.0
+        shape = (plan.resources.cpus, gpus)
+        if not any(n.get("CPU", 0) >= shape[0] and n.get("GPU", 0) >= shape[1] for n in nodes):
+            message = (f"trial {trial.name} needs cpus={shape[0]:g}, gpus={shape[1]:g} but no node of the "
+                       f"cluster has that much ({_describe_nodes(nodes)})")
+            if local:
+                raise SweepError(message + "; lower resources in the sweep file")
+            log.warning("%s; waiting for the autoscaler to add one", message)
+        shapes[trial.name] = shape
+    return shapes
+
+
+def _start_retrievers(trials: list[Trial], plan: SweepPlan, namespace: str, driver_cwd: str,
+                      worker_env: dict[str, str] | None) -> dict[str, Any]:
+    """One retriever actor per retriever configuration; each loads its (prepared) index now."""
+    import ray
+
+    from slm_ray.retrieval.service import RETRIEVER_RESTARTS, RetrieverService
+
+    services: dict[str, Any] = {}
+    rr = plan.retriever_resources
+    runtime = {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}
+    for trial in trials:
+        key = trial.retriever_key
+        if key is None or key in services:
+            continue
+        cfg = trial.config
+        services[key] = ray.remote(RetrieverService).options(
+            name=f"retriever-{key}", namespace=namespace, num_cpus=rr.cpus, num_gpus=rr.gpus or 0,
+            **RETRIEVER_RESTARTS, **runtime,
+        ).remote(key, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir,
+                 driver_cwd, int(rr.cpus) or os.cpu_count(), cfg.experiment.memory_interval_s)
+        services[key].warmup.remote()
+    return services
+
+
+def _service_stats(services: dict[str, Any]) -> list[dict[str, Any]]:
+    import ray
+
+    stats = []
+    for key, handle in services.items():
+        try:
+            stats.append({"key": key, **ray.get(handle.stats.remote(), timeout=60)})
+        except Exception as exc:  # the actor died (e.g. a bad corpus): keep the reason
+            stats.append({"key": key, "error": _first_line(exc)})
+    return stats
+
+
+def _outcomes(pending: list[Trial], folder: SweepFolder, run_id: str) -> dict[str, Any]:
+    """This run's trial records: counts, where each ran, and the model loads of every trial actor."""
+    counts = {"ok": 0, "failed": 0, "not_run": 0}
+    nodes, actors, loads_per_actor = {}, {}, {}
+    for trial in pending:
+        record = folder.read_trial_record(trial.name)
+        if record.get("run_id") != run_id or record.get("status") not in ("ok", "failed"):
+            counts["not_run"] += 1
+            continue
+        counts[record["status"]] += 1
+        if record.get("node_id"):
+            nodes[trial.name] = record["node_id"]
+        if record.get("actor"):
+            actors[trial.name] = record["actor"]
+            loads = record.get("model_loads") or {}  # the actor's count so far: its last trial has them all
+            previous = loads_per_actor.get(record["actor"], {})
+            if sum(loads.values()) >= sum(previous.values()):
+                loads_per_actor[record["actor"]] = loads
+    model_loads: dict[str, int] = {}
+    for loads in loads_per_actor.values():
+        for model, n in loads.items():
+            model_loads[model] = model_loads.get(model, 0) + n
+    return {"counts": counts, "nodes": nodes, "actors": actors, "loads_per_actor": loads_per_actor,
+            "model_loads": model_loads}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # RayTaskError text starts with the remote traceback; the cause's own message is the last line
+    return lines[-1] if lines else type(exc).__name__
+
+
+@contextmanager
+def _worker_output_to_console() -> Iterator[None]:
+    """Ray's worker output through ``slm_ray.logs.LineSorter`` while the sweep runs, Ray's printer after."""
+    from slm_ray.logs import LineSorter, route_worker_output
+
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+        saved = list(dispatcher.handlers)
+    except ImportError:
+        dispatcher, saved = None, []
+
+    def keep(text: str) -> None:
+        if display.ACTIVE is not None:
+            display.ACTIVE.log_only(text)
+
+    route_worker_output(LineSorter(show=display.echo, keep=keep))
+    try:
+        yield
+    finally:
+        if dispatcher is not None:
+            dispatcher.handlers = saved
+
+
 TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 
@@ -539,6 +400,7 @@ def _environ_for_tune(verbose: int) -> Iterator[None]:
     from slm_ray.environ import environment
 
     changes: dict[str, str | None] = {name: None for name in TUNE_PROPAGATED_SECRETS}
+    changes["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is KeyboardInterrupt, as everywhere in slm_ray
     if not verbose:
         changes["RAY_AIR_NEW_OUTPUT"] = "0"
     with environment(changes):
@@ -567,9 +429,9 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
         except Exception:  # a private helper: the URL is a nicety
             url = None
         return False, _dashboard(url)
-    # Worker output stays in Ray's log files: what the user should see comes through the board
-    # (slm_ray.logs), and the workers draw no progress bars into those files.
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
+    # Worker output reaches the driver through Ray's log path, sorted by slm_ray.logs.LineSorter;
+    # the workers draw no progress bars.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING,
                               "runtime_env": {"env_vars": dict(QUIET_WORKERS)}}
     if address:
         kwargs["address"] = address
@@ -585,7 +447,14 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
         context = ray.init(**kwargs)
     except ConnectionError as exc:
         raise SweepError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+    finally:
+        signal.signal(signal.SIGTERM, _interrupt)  # ray.init's own handler exits mid-cleanup, with a stack dump
     return True, _dashboard(getattr(context, "dashboard_url", None))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a sweep as Ctrl-C does: the trials' finished batches are saved, Ray shuts down."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -600,152 +469,5 @@ def _dashboard(url: str | None) -> str | None:
     return url if "://" in url else f"http://{url}"
 
 
-def _driver_node_resource() -> str:
-    """Pin trial functions to the driver's node (they write the trial records on its disk)."""
-    import ray
-
-    resource = f"node:{ray.util.get_node_ip_address()}"
-    return resource if resource in ray.cluster_resources() else "node:__internal_head__"
-
-
-def _resolve_shapes(plan: SweepPlan, pending: list[Trial], local: bool) -> dict[str, tuple[float, float]]:
-    """(cpus, gpus) of every pending trial; gpus auto = model.num_gpus where the cluster has GPUs."""
-    import ray
-
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    shapes = {}
-    for trial in pending:
-        gpus = plan.resources.gpus
-        if gpus is None:
-            gpus = float(trial.config.model.num_gpus) if has_gpu else 0.0
-        shape = (plan.resources.cpus, gpus)
-        if not any(n.get("CPU", 0) >= shape[0] and n.get("GPU", 0) >= shape[1] for n in nodes):
-            message = (f"trial {trial.name} needs cpus={shape[0]:g}, gpus={shape[1]:g} but no node of the "
-                       f"cluster has that much ({_describe_nodes(nodes)})")
-            if local:
-                raise SweepError(message + "; lower resources in the sweep file")
-            log.warning("%s; waiting for the autoscaler to add one", message)
-        shapes[trial.name] = shape
-    return shapes
-
-
 def _describe_nodes(nodes: list[dict[str, float]]) -> str:
     return "; ".join(f"node {i + 1}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))
-
-
-def _capacity(shapes: set[tuple[float, float]], retriever_actors: int, retriever_shape: tuple[float, float]) -> int:
-    """How many workers of the largest trial shape fit on the nodes once the retriever actors are placed."""
-    import ray
-
-    cpus = max(s[0] for s in shapes)
-    gpus = max(s[1] for s in shapes)
-    free = [[n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)]
-            for n in ray.nodes() if n.get("Alive")]
-    for _ in range(retriever_actors):  # each on the node with the most room, as a scheduler would
-        fitting = [f for f in free if f[0] >= retriever_shape[0] and f[1] >= retriever_shape[1]]
-        if fitting:
-            best = max(fitting, key=lambda f: (f[1], f[0]))
-            best[0] -= retriever_shape[0]
-            best[1] -= retriever_shape[1]
-    total = 0
-    for node_cpus, node_gpus in free:
-        fits = []
-        if cpus > 0:
-            fits.append(int(node_cpus // cpus))
-        if gpus > 0:
-            fits.append(int(node_gpus // gpus))
-        total += min(fits) if fits else max(1, int(node_cpus))
-    return total
-
-
-def _runtime_env(worker_env: dict[str, str] | None) -> dict[str, Any]:
-    return {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}
-
-
-def _service_stats(services: dict[str, Any], warmups: list[Any]) -> list[dict[str, Any]]:
-    import ray
-
-    stats = []
-    for key, handle in services.items():
-        try:
-            stats.append({"key": key, **ray.get(handle.stats.remote(), timeout=60)})
-        except Exception as exc:  # the actor died (e.g. a bad corpus): keep the reason
-            stats.append({"key": key, "error": _first_line(exc)})
-    for ref in warmups:
-        try:
-            ray.get(ref, timeout=1)
-        except Exception as exc:
-            log.warning("a retriever actor failed to build its index: %s", _first_line(exc))
-    return stats
-
-
-def _cleanup(pool: Any, services: dict[str, Any], workers: list[Any]) -> None:
-    """Retire every worker, the pool and the retriever actors (also after an error or Ctrl-C)."""
-    import ray
-
-    for handle in workers:
-        try:
-            ray.kill(handle)
-        except Exception:
-            pass
-
-    if pool is not None:
-        try:
-            ray.get(pool.shutdown.remote(), timeout=30)
-        except Exception:
-            pass
-        ray.kill(pool)
-    for handle in services.values():
-        try:
-            ray.kill(handle)
-        except Exception:
-            pass
-
-
-def _record_outcomes(pending: list[Trial], base: Path, run_id: str, tune_errors: dict[int, str]) -> dict[str, Any]:
-    """Read this run's trial records; write one for a trial Tune failed before it could."""
-    counts = {"ok": 0, "failed": 0, "not_run": 0}
-    nodes, actors = {}, {}
-    for trial in pending:
-        path = trial_dir(trial, base) / TRIAL_RECORD
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            record = {}
-        if record.get("run_id") != run_id:
-            if trial.index in tune_errors:
-                record = {"run_id": run_id, "trial": trial.name, "status": "failed", "error": tune_errors[trial.index]}
-                atomic_write_json(path, record)
-            else:
-                counts["not_run"] += 1
-                continue
-        counts["ok" if record.get("status") == "ok" else "failed"] += 1
-        if record.get("node_id"):
-            nodes[trial.name] = record["node_id"]
-        if record.get("actor"):
-            actors[trial.name] = record["actor"]
-    return {"counts": counts, "nodes": nodes, "actors": actors}
-
-
-def _write_stats(sweep_abs: Path, name: str, record: dict[str, Any]) -> None:
-    """sweep_stats.json: this run in full, every run's counts, and totals over runs."""
-    path = sweep_abs / "sweep_stats.json"
-    try:
-        previous = json.loads(path.read_text())
-        runs = list(previous.get("runs", []))
-    except (OSError, ValueError):
-        runs = []
-    brief = {k: record.get(k) for k in ("run_id", "started", "finished", "wall_seconds", "trials", "trials_outcome",
-                                        "model_loads", "indexes_built")}
-    runs.append(brief)
-    totals_loads: dict[str, int] = {}
-    for run in runs:
-        for model, n in (run.get("model_loads") or {}).items():
-            totals_loads[model] = totals_loads.get(model, 0) + n
-    atomic_write_json(path, {
-        "sweep": name, "host": socket.gethostname(), "updated": now_iso(), "last_run": record,
-        "totals": {"runs": len(runs), "model_loads": totals_loads,
-                   "indexes_built": sum(run.get("indexes_built") or 0 for run in runs)},
-        "runs": runs,
-    })

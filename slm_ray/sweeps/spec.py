@@ -17,7 +17,8 @@ A sweep file (``sweeps/*.yaml``)::
     retriever_resources: {cpus: 0, gpus: 0}   # per shared retriever actor
     max_concurrent_trials: auto           # auto: as many as the cluster holds now (on an autoscaling
                                           #   cluster, give the number you want: workers wait for nodes)
-    max_failures: 0                       # Tune retries of a failed trial
+    max_failures: 2                       # Tune's retries of a trial whose process was lost (killed,
+                                          #   out of memory, node gone); it resumes from its folder
 
 Nothing here imports Ray or loads a model: a bad sweep file is refused (one line naming the trial
 and the key, exit 2) before any process starts or any file is written.
@@ -52,6 +53,8 @@ NAMED_AXES = frozenset({"model", "model.name", "dataset", "dataset.name", "exper
 #: Within a model, trials start longest first (prompt length drives the cost: passages, then the gold
 #: passage, then the question alone), so the last trials to start are short and workers finish together.
 LONGEST_FIRST = {"retriever_context": 0, "oracle_context": 1, "no_context": 2}
+#: Tune's retries of a trial whose process was lost; an error inside a trial is its result, not retried.
+DEFAULT_MAX_FAILURES = 2
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -236,7 +239,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
         retriever_resources = Resources(retriever_resources.cpus, 0.0)
     max_concurrent = _parse_count(raw.get("max_concurrent_trials", "auto"), f"{where}: max_concurrent_trials",
                                   allow_auto=True, minimum=1)
-    max_failures = _parse_count(raw.get("max_failures", 0), f"{where}: max_failures", allow_auto=False, minimum=0)
+    max_failures = _parse_count(raw.get("max_failures", DEFAULT_MAX_FAILURES), f"{where}: max_failures", allow_auto=False, minimum=0)
     description = str(raw.get("description") or "")
 
     combos = _expand(grid, rules, _default_mode(overrides + cli), where)

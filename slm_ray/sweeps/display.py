@@ -2,12 +2,12 @@
 
 On a terminal the sweep keeps one status line at the bottom (trials done / running / failed, with
 tqdm's elapsed time and ETA) and prints events above it; elsewhere (CI, ``nohup``, a pipe) it prints
-plain lines only. Everything printed, everything the actors relayed (see ``slm_ray.logs``) and
-Ray's and Tune's own log records go to ``sweep.log`` in the sweep folder, so the console can stay
-short without losing anything.
+plain lines only. Everything printed, the actors' output (``slm_ray.logs.LineSorter``) and Ray's and
+Tune's own log records go to ``sweep.log`` in the sweep folder, so the console can stay short
+without losing anything.
 
-The driver has one console at a time (``ACTIVE``): Tune pickles its callbacks, so they reach the
-console through this module rather than holding it.
+The driver has one console at a time (``ACTIVE``): Tune pickles its callbacks (``events.py``), so
+they reach the console through this module.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import IO, Any, Iterator
 
 #: Longest console line; longer ones (a long path, an error message) are cut, in full in sweep.log.
 MAX_LINE = 200
-SWEEP_LOG = "sweep.log"
 #: Ray's python loggers, whose records go to sweep.log instead of the console during a sweep (their
 #: trial tracebacks and ``Tuner.restore`` hints contradict the sweep's own one-line messages).
 RAY_LOGGERS = ("ray",)
@@ -41,10 +39,8 @@ class SweepConsole:
         self.pending: list[str] = []  # lines before sweep.log can be written (the folder may not exist yet)
         self.file: IO[str] | None = None
         self.bar: Any = None
-        self.board: Any = None
         self.running = 0
         self.failed = 0
-        self.last_poll = 0.0
         self.speed: dict[str, float] = {}
 
     # -- sweep.log ---------------------------------------------------------------------------
@@ -123,30 +119,8 @@ class SweepConsole:
             parts.append(f"{sum(self.speed.values()):.1f} ex/s")
         self.bar.set_postfix_str(", ".join(parts), refresh=True)
 
-    # -- the actors' records -----------------------------------------------------------------
-
-    def poll(self, every_s: float = 1.0) -> None:
-        """Show what the actors posted to the board since the last poll (at most every ``every_s``)."""
-        if self.board is None or time.monotonic() - self.last_poll < every_s:
-            return
-        self.last_poll = time.monotonic()
-        import ray
-
-        try:
-            records = ray.get(self.board.drain.remote(), timeout=5)
-        except Exception:  # the board is a nicety: never stop a sweep for it
-            return
-        for record in records:
-            text = f"  [{record.get('source')}] {record.get('message')}"
-            if record.get("step") or int(record.get("level", 0)) >= logging.WARNING:
-                self.line(text)
-            else:
-                self.log_only(text)
-
     def close_status(self) -> None:
-        """The actors' last records, then the status line goes (before Ray shuts down)."""
-        self.poll(every_s=0.0)
-        self.board = None
+        """The status line goes (before Ray shuts down)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -208,3 +182,4 @@ def ray_logs_to_sweep_log() -> Iterator[None]:
             logger = logging.getLogger(name)
             logger.handlers = handlers
             logger.propagate = propagate
+
