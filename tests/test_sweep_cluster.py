@@ -10,8 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from slm_ray.sweeps.engine import run_sweep
 from slm_ray.sweeps.spec import load_sweep
 
@@ -60,7 +58,7 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cach
     bad_trial = next(t.name for t in plan.trials if str(bad) in t.config.dataset.path)
 
     started = time.perf_counter()
-    record = run_sweep(plan, address=two_node_cluster.address)
+    run_sweep(plan, address=two_node_cluster.address)
     first_wall = time.perf_counter() - started
     sweep_dir = sweep_env / "outputs" / "sweeps" / "cluster"
     summary = json.loads((sweep_dir / "summary.json").read_text())
@@ -87,6 +85,15 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cach
     for name in status:
         record_file = json.loads((sweep_dir / "trials" / name / "trial.json").read_text())
         assert record_file["node_id"] in stats["nodes"]
+    # Ray's state API: each trial ran in one of Tune's trial actors, holding the sweep's resources
+    from ray.util.state import list_actors, list_placement_groups
+
+    bundles = {pg.placement_group_id: pg.bundles for pg in list_placement_groups(detail=True, limit=10_000)}
+    trial_actors = {a.pid: a for a in list_actors(detail=True, limit=10_000) if a.class_name == "ImplicitFunc"}
+    for name in status:
+        pid = json.loads((sweep_dir / "trials" / name / "trial.json").read_text())["pid"]
+        actor = trial_actors[pid]
+        assert [b["unit_resources"] for b in bundles[actor.placement_group_id]] == [{"CPU": 1.0, "GPU": 0.5}]
     # the summary and its plots are there
     for name in ("summary.csv", "summary.md", "token_recall.png", "memory.png", "throughput.png"):
         assert (sweep_dir / name).is_file()

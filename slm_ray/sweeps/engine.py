@@ -239,7 +239,7 @@ def _tune(plan: SweepPlan, trials: list[Trial], run_id: str, base: Path, folder:
         payloads[trial.index] = {
             "name": trial.name, "config": trial.config.model_dump(by_alias=True), "model_key": trial.model_key,
             "retriever_actor": f"retriever-{key}" if key else None, "namespace": namespace,
-            "sweep_dir": str(folder.path), "run_id": run_id, "driver_cwd": str(base),
+            "sweep_dir": str(plan.sweep_dir), "run_id": run_id, "driver_cwd": str(base),
             "inputs": checked.get(trial.name), "env": dict(worker_env or {})}
         seed = folder.seed_files(trial.name)
         if seed:

@@ -96,7 +96,7 @@ class TrialEvents(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = self._name(trial)
         record = self.records.get(name, {})
-        lost = f"{record.get('actor', 'its process')} was lost: {_error_of(trial)}"
+        lost = _loss(record, trial)
         self._record(name, status="running", attempts=record.get("attempts", 1) + 1,
                      process_losses=[*record.get("process_losses", []), lost])
         display.echo(f"  retrying  {name}: {lost}")
@@ -104,10 +104,16 @@ class TrialEvents(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = self._name(trial)
         record = self.records.get(name, {})
-        lost = f"{record.get('actor', 'its process')} was lost: {_error_of(trial)}"
+        lost = _loss(record, trial)
         self._record(name, status="failed", error=lost, finished=now_iso(),
                      process_losses=[*record.get("process_losses", []), lost])
         self._finished(name, False, {})
+
+
+def _loss(record: dict[str, Any], trial: Any) -> str:
+    """What was lost, where, and why, in one line."""
+    node = f" on node {record['node_id'][:12]}" if record.get("node_id") else ""
+    return f"{record.get('actor', 'its process')}{node} was lost: {_error_of(trial)}"
 
 
 def _error_of(trial: Any) -> str:

@@ -78,6 +78,7 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
     started = time.time()
     cfg = validate_config(config["config"])
     out = output_dir(cfg)
+    # sweep_dir is relative to the project folder: on a node with its own root it names that node's copy
     mirror = not SweepFolder(config["sweep_dir"]).shows_run(config["run_id"])
     if mirror:
         _merge_seed(out, (seeds or {}).get(config["name"]) or {})
