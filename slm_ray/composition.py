@@ -110,28 +110,75 @@ def compose_hydra(overrides: Sequence[str] = ()) -> dict[str, Any]:
     return _compose(overrides, with_hydra=True)
 
 
-def _compose(overrides: Sequence[str], with_hydra: bool) -> dict[str, Any]:
+def compose_many(shared: Sequence[str], choices: Sequence[Sequence[str]],
+                 values: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Many configs at once, as ``compose_raw([*choices[i], *shared])`` with ``values[i]`` set on top,
+    composing with Hydra once per distinct list of choices (about 0.1 s each) rather than once per
+    config: a 1,000-trial grid that differs in plain values is composed once. ``values`` map dotted
+    keys to values that no override of ``shared`` sets."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    composed: dict[tuple[str, ...], Any] = {}
+    configs = []
+    for chosen, extra in zip(choices, values):
+        key = tuple(chosen)
+        if key not in composed:
+            composed[key] = _compose_unresolved([*chosen, *shared])
+        cfg = composed[key].copy()
+        for path, value in extra.items():
+            try:
+                OmegaConf.update(cfg, path, value, merge=False)
+            except OmegaConfBaseException:
+                raise ConfigError(f"unknown config key {path!r}") from None
+        configs.append(_resolved(cfg, [*chosen, *shared]))
+    return configs
+
+
+def _compose_unresolved(overrides: Sequence[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=[*overrides, *search_path_override()])
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(_explain(exc, overrides)) from None
+
+
+def _resolved(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*overrides, *search_path_override()],
-                          return_hydra_config=with_hydra)
-        if with_hydra:  # only what Hydra resolves without a running app
-            raw = OmegaConf.to_container(cfg.hydra, resolve=False)
-            assert isinstance(raw, dict)
-            return {key: raw[key] for key in ("searchpath", "overrides", "runtime", "job") if key in raw}
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", "") or "a key"
         raise ConfigError(f"missing value for {key} (set it on the command line: {key}=...)") from None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+    except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
     assert isinstance(raw, dict)
     return raw
+
+
+def _compose(overrides: Sequence[str], with_hydra: bool) -> dict[str, Any]:
+    if not with_hydra:
+        return _resolved(_compose_unresolved(overrides), overrides)
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*overrides, *search_path_override()],
+                          return_hydra_config=True)
+        raw = OmegaConf.to_container(cfg.hydra, resolve=False)  # only what Hydra resolves without a running app
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(_explain(exc, overrides)) from None
+    assert isinstance(raw, dict)
+    return {key: raw[key] for key in ("searchpath", "overrides", "runtime", "job") if key in raw}
 
 
 def expand_overrides(overrides: Sequence[str]) -> list[list[str]]:

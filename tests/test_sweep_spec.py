@@ -78,13 +78,42 @@ grid:
     ]
     assert all(t.config.model.name == "tiny_qwen3" for t in plan.trials[6:])  # grouped by model
     assert [t.index for t in plan.trials] == list(range(12))
-    for trial in (plan.trials[0], plan.trials[5]):
+    for trial in plan.trials:  # composed once per model x retriever, each equal to its own composition
         assert compose_config(list(trial.overrides)) == trial.config
         assert trial.config.model.batch_size == 4
         assert trial.config.tracker.project == "slm-ray/demo"
     assert plan.sweep_dir == Path("outputs/sweeps/demo")
     no_context = plan.trials[5]
     assert no_context.retriever_key is None and "retriever" not in no_context.axes
+
+
+def test_a_large_grid_is_composed_once_per_choice_of_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import slm_ray.composition as composition
+
+    calls: list[list[str]] = []
+    real = composition._compose_unresolved
+    monkeypatch.setattr(composition, "_compose_unresolved", lambda overrides: calls.append(list(overrides)) or real(overrides))
+    temperatures = ", ".join(str(i / 100) for i in range(25))
+    path = _sweep(tmp_path, f"""
+name: big
+overrides: [dataset.limit=5, experiment_mode=retriever_context]
+grid:
+  model: [tiny_llama, tiny_qwen3]
+  retriever: [bm25, dense]
+  model.temperature: [{temperatures}]
+  retriever.k: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+""")
+    plan = load_sweep(path)
+    assert len(plan.trials) == 1000
+    assert len(calls) == 4  # two models x two retrievers, not a thousand compositions
+    assert {(t.config.model.temperature, t.config.retriever.k) for t in plan.trials} == {
+        (i / 100, k) for i in range(25) for k in range(1, 11)}
+
+
+def test_an_unknown_key_axis_names_the_trial_and_the_key(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, "name: typo\ngrid:\n  model: [tiny_llama]\n  model.temprature: [0.1]\n")
+    with pytest.raises(SweepError, match=r"trial \(model=tiny_llama, model.temprature=0.1\): unknown config key 'model.temprature'"):
+        load_sweep(path)
 
 
 def test_decoding_axes_share_a_loaded_model(tmp_path: Path) -> None:

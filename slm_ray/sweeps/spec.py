@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from slm_ray.composition import GROUPS, compose_config, compose_raw, group_options
+from slm_ray.composition import GROUPS, compose_config, compose_many, compose_raw, group_options
 from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
 from slm_ray.fingerprints import stable_hash
@@ -245,10 +245,10 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
     combos = _expand(grid, rules, _default_mode(overrides + cli), where)
     user_project = any(override_key(o) == "tracker.project" for o in overrides + cli)
     composed = []
-    for combo in combos:
+    for combo, raw_cfg in zip(combos, _compose_trials(combos, overrides, cli, where)):
         trial_overrides = [*overrides, *(f"{k}={hydra_value(v)}" for k, v in combo.items()), *cli]
         try:
-            cfg = compose_config(trial_overrides)
+            cfg = validate_config(raw_cfg)
         except ConfigError as exc:
             raise SweepError(f"{where}: trial ({_describe_combo(combo)}): {exc}") from None
         composed.append((combo, trial_overrides, cfg))
@@ -289,6 +289,23 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
                      cli_overrides=tuple(cli), grid=grid, trials=trials, resources=resources,
                      retriever_resources=retriever_resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, sweep_dir=sweep_dir)
+
+
+def _compose_trials(combos: list[dict[str, Any]], overrides: list[str], cli: list[str],
+                    where: str) -> list[dict[str, Any]]:
+    """Every trial's composed config: Hydra composes once per distinct choice of config-group options
+    (``model=...``, ``retriever=...``); the other axes are values set on that composition."""
+    choices = [[f"{k}={hydra_value(v)}" for k, v in combo.items() if k in GROUPS] for combo in combos]
+    values = [{k: v for k, v in combo.items() if k not in GROUPS} for combo in combos]
+    try:
+        return compose_many([*overrides, *cli], choices, values)
+    except ConfigError as exc:  # which trial: the first whose own composition fails the same way
+        for combo in combos:
+            try:
+                compose_config([*overrides, *(f"{k}={hydra_value(v)}" for k, v in combo.items()), *cli])
+            except ConfigError as trial_exc:
+                raise SweepError(f"{where}: trial ({_describe_combo(combo)}): {trial_exc}") from None
+        raise SweepError(f"{where}: {exc}") from None
 
 
 def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bool = True) -> str:
