@@ -357,3 +357,46 @@ def test_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ}).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.slow
+def test_a_cluster_that_needs_rays_auth_token_is_refused_in_one_line_within_seconds(tmp_path: Path) -> None:
+    """A real head node with token authentication; the sweep joins it without the token, then with a
+    wrong one: one line naming the token settings, exit 2, and nothing written. One line also means
+    ray.init never ran: its retries print a line a second for about 20 s."""
+    import secrets
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    ray_bin = Path(sys.executable).parent / "ray"
+    head_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", f"--temp-dir={ray_tmp}"], env=head_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while tcp_problem("127.0.0.1", port, hello=GRPC_HELLO) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        (tmp_path / "s.yaml").write_text("name: joined\noverrides: [tracker=none, dataset.limit=2]\n"
+                                         "grid: {model: [tiny_llama]}\n")
+        for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+            done = subprocess.run([str(Path(sys.executable).parent / "slm-ray"), "sweep", "s.yaml", "--address",
+                                   f"127.0.0.1:{port}"], cwd=tmp_path, env={**env, **auth, "HOME": str(tmp_path)},
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2, done.stdout + done.stderr
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            assert len(lines) == 1 and "requires Ray's auth token" in lines[0] and "RAY_AUTH_TOKEN" in lines[0], lines
+            assert not (tmp_path / "outputs").exists()
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -70,6 +70,31 @@ def ray_address_problem(address: str | None) -> str | None:
     if parts is None:
         return f"{option} {address!r} is not a Ray address (valid: host:port, ray://host:port, auto, local)"
     problem = tcp_problem(*parts, hello=GRPC_HELLO)
-    if problem is None:
-        return None
-    return f"cannot reach {where} ({problem}): {START_HINT} or {hint}"
+    if problem is not None:
+        return f"cannot reach {where} ({problem}): {START_HINT} or {hint}"
+    if not address.startswith("ray://") and gcs_refuses_token(*parts):
+        return (f"{where} requires Ray's auth token and this process sends none or a wrong one "
+                f"(RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}): set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token) to the token that "
+                "`ray get-auth-token` prints on its head node")
+    return None
+
+
+def gcs_refuses_token(host: str, port: int, timeout_s: float = 5.0) -> bool:
+    """Whether the GCS at host:port answers "unauthenticated" to a request carrying this process's
+    token (none when it has none). ``ray.init`` would retry such a cluster for about 20 s, then
+    blame the address; one request tells at once."""
+    try:
+        import grpc
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # another Ray: ray.init answers for itself
+        return False
+    loader = AuthenticationTokenLoader.instance()
+    metadata = tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()  # as ray.init sends
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
+        try:
+            call(b"", timeout=timeout_s, metadata=metadata)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
