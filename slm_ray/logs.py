@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 #: ``log.info(..., extra=STEP)``: this record is one step of long work, worth a console line.
 STEP = {"step": True}
@@ -120,18 +121,26 @@ class LineSorter:
                 self.keep(text)
 
 
-def route_worker_output(sorter: LineSorter) -> bool:
-    """Print worker output through ``sorter`` instead of Ray's printer. False where this Ray has no
-    such hook (its own printer then stays).
+@contextmanager
+def worker_output_to(sorter: LineSorter) -> Iterator[None]:
+    """Print worker output, and Ray's error messages (``(raylet)`` lines), through ``sorter`` instead
+    of Ray's printer until the block ends. Where this Ray has no such hooks its printer stays.
 
     Ray offers no public API to format or filter what ``log_to_driver`` prints (only its prefix,
-    through an actor's ``__repr__``); its dispatcher of worker output is the one place to do it.
+    through an actor's ``__repr__``): its dispatcher of worker output and the printer its error
+    listener calls are the places to do it.
     """
     try:
-        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+        from ray._private import worker
     except ImportError:
-        return False
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.remove_handler("slm_ray")
-    dispatcher.add_handler("slm_ray", sorter)
-    return True
+        yield
+        return
+    dispatcher = worker.global_worker_stdstream_dispatcher
+    saved_handlers, saved_printer = list(dispatcher.handlers), worker.print_to_stdstream
+    dispatcher.handlers = [(name, h) for name, h in saved_handlers if name != "ray_print_logs"] + [("slm_ray", sorter)]
+    worker.print_to_stdstream = lambda data, ignore_prefix=False: sorter(data)
+    try:
+        yield
+    finally:
+        dispatcher.handlers = saved_handlers
+        worker.print_to_stdstream = saved_printer

@@ -366,27 +366,16 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-@contextmanager
-def _worker_output_to_console() -> Iterator[None]:
-    """Ray's worker output through ``slm_ray.logs.LineSorter`` while the sweep runs, Ray's printer after."""
-    from slm_ray.logs import LineSorter, route_worker_output
-
-    try:
-        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
-        saved = list(dispatcher.handlers)
-    except ImportError:
-        dispatcher, saved = None, []
+def _worker_output_to_console() -> Any:
+    """Ray's worker output through ``slm_ray.logs.LineSorter`` while the sweep runs: steps and warnings
+    on the console, everything in sweep.log."""
+    from slm_ray.logs import LineSorter, worker_output_to
 
     def keep(text: str) -> None:
         if display.ACTIVE is not None:
             display.ACTIVE.log_only(text)
 
-    route_worker_output(LineSorter(show=display.echo, keep=keep))
-    try:
-        yield
-    finally:
-        if dispatcher is not None:
-            dispatcher.handlers = saved
+    return worker_output_to(LineSorter(show=display.echo, keep=keep))
 
 
 TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
