@@ -259,3 +259,33 @@ def test_a_killed_sweep_driver_leaves_no_ray_processes(sweep_env: Path, sweep_ca
             break
         time.sleep(0.5)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+
+
+# --- SIGTERM, as a batch scheduler or `timeout` sends it -----------------------------------------------------------
+
+def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(sweep_env: Path, sweep_cache_dir: Path) -> None:
+    limit = 200
+    sweep = sweep_env / "term.yaml"
+    sweep.write_text(f"name: term\noverrides: [dataset=nq, dataset.limit={limit}, tracker=none, model.batch_size=1,"
+                     " experiment.bootstrap_resamples=50]\ngrid:\n  model: [tiny_llama]\n")
+    command = [str(SLM_RAY), "sweep", str(sweep), f"experiment.cache_dir={sweep_cache_dir}"]
+    driver = subprocess.Popen(command, cwd=sweep_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    predictions = sweep_env / "outputs" / "sweeps" / "term" / "trials" / "tiny_llama-nq-no_context" / "predictions.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        if predictions.is_file() and len(predictions.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, "the sweep ended before it could be stopped"
+    driver.send_signal(signal.SIGTERM)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output[-3000:]
+    assert output.strip().splitlines()[-1] == "interrupted: finished work is saved; run the same command again to resume"
+    assert "Stack" not in output and "Traceback" not in output and "*** " not in output, output[-3000:]
+    kept = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
+    assert 5 <= len(kept) < limit
+
+    again = subprocess.run(command, cwd=sweep_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    ids = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
+    assert len(ids) == limit and len(set(ids)) == limit and ids[:len(kept)] == kept
