@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from slm_ray.cli import run_cli
 from slm_ray.errors import CompareError
+from slm_ray.sweep_folder import SweepFolder, is_sweep_folder
 
 OUTPUT_FILES = ("compare.md", "compare.json", "compare.png")
 KIND = "slm_ray.compare"  # marks compare.json as ours: a later comparison may replace the three files
@@ -128,30 +129,27 @@ def resolve_runs(positionals: list[str]) -> tuple[tuple[str, Path], tuple[str, P
 def _check_sweep(sweep: Path) -> None:
     if not sweep.is_dir():
         raise CompareError(f"sweep folder not found: {sweep}")
-    if not (sweep / "sweep.json").is_file() and not (sweep / "trials").is_dir():
+    if not is_sweep_folder(sweep):
         raise CompareError(f"{sweep} is not a sweep folder (no sweep.json and no trials/): with three arguments "
                            "the first is a sweep folder, e.g. outputs/sweeps/<name>")
 
 
 def _trial_names(sweep: Path) -> list[str]:
-    from slm_ray.io import read_json
     from slm_ray.run_folder import REPLACED_MARK
 
-    planned = [t.get("name") for t in (read_json(sweep / "sweep.json") or {}).get("trials", []) if t.get("name")]
-    trials = sweep / "trials"
+    planned = [t.get("name") for t in SweepFolder(sweep).read_plan().get("trials", []) if t.get("name")]
+    trials = SweepFolder(sweep).trials_dir
     found = sorted(p.name for p in trials.iterdir() if p.is_dir() and REPLACED_MARK not in p.name) if trials.is_dir() else []
     return list(dict.fromkeys(planned + found))
 
 
 def _trial_folder(sweep: Path, name: str) -> Path:
-    from slm_ray.io import read_json
-
     names = _trial_names(sweep)
     if name not in names or "/" in name or name in (".", ".."):
         shown = ", ".join(names[:MAX_NAMES]) + (f", ... ({len(names)} in all)" if len(names) > MAX_NAMES else "")
         raise CompareError(f"no trial {name!r} in {sweep} (valid: {shown or 'none: the sweep has no trials yet'})")
-    folder = sweep / "trials" / name
-    record = read_json(folder / "trial.json") or {}
+    folder = SweepFolder(sweep).trial_dir(name)
+    record = SweepFolder(sweep).read_trial_record(name)
     if record.get("status") == "failed":  # its last attempt failed, whatever files are in its folder
         raise CompareError(f"trial {name!r} failed ({record.get('error')}): nothing to compare; run the sweep again")
     if not folder.is_dir():
@@ -173,7 +171,7 @@ def check_finished(folder: Path) -> None:
                            f"{RESULTS}): run the same command again to complete it")
     if (folder / RESULTS).exists():
         raise CompareError(f"{folder}/{RESULTS} is unreadable or not a run's results")
-    if (folder / "sweep.json").is_file() or (folder / "trials").is_dir():
+    if is_sweep_folder(folder):
         raise CompareError(f"{folder} is a sweep folder, not a run: give the sweep and two trial names "
                            f"(slm-ray compare {folder} TRIAL_A TRIAL_B)")
     raise CompareError(f"{folder} is not a run folder (no {RESULTS} and no {PREDICTIONS})")

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(arguments: list[str], print_config: bool) -> int:
     from slm_ray.errors import SlmRayError
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     if len(arguments) != 1:
         raise SlmRayError("give one sweep folder: slm-ray report outputs/sweeps/<name>")

@@ -5,7 +5,7 @@ is read and written. The run folder of one trial is ``run_folder.RunFolder``; th
     sweep_stats.json    this run in full, every earlier run's counts, totals over runs
     sweep.log           everything the console printed, the actors' records, Ray's and Tune's logs
     .run_id             the running sweep's id: a node that reads the same id shares the driver's disk
-    summary.csv|json|md and plots (sweeps/summary.py)
+    summary.csv|json|md and plots (reporting/summary.py)
     trials/<trial>/     one run folder per trial, plus trial.json (where it ran, or why it failed)
     ray/run-<id>/       Tune's own results of each run
 """

@@ -362,7 +362,7 @@ def test_python_m_slm_ray_compare_runs_and_imports_light(tiny_sweep: Path, tmp_p
 
 
 def test_summary_pairs_every_setting_with_closed_book_and_oracle(sweep_copy: Path) -> None:
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     summary = write_summary(sweep_copy)
     data = json.loads((sweep_copy / "summary.json").read_text())
@@ -397,7 +397,7 @@ def test_summary_pairs_every_setting_with_closed_book_and_oracle(sweep_copy: Pat
 
 def test_summary_skips_pairs_of_failed_or_unfinished_trials_and_says_so(sweep_copy: Path) -> None:
     from slm_ray.io import atomic_write_json
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     oracle = _trial(sweep_copy, "oracle_context")
     atomic_write_json(oracle / "trial.json", {"status": "failed", "error": "DataError: boom"})
@@ -418,7 +418,7 @@ def test_summary_skips_pairs_of_failed_or_unfinished_trials_and_says_so(sweep_co
 
 
 def test_summary_skips_a_pair_whose_predictions_are_damaged(sweep_copy: Path) -> None:
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     retrieved = _trial(sweep_copy, "retriever_context", 1)
     lines = (retrieved / "predictions.jsonl").read_text().splitlines(keepends=True)

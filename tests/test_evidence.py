@@ -85,7 +85,7 @@ def _unanswerable(tmp_path: Path, n: int) -> Path:
 def test_retrieval_that_never_finds_an_answer_is_flagged_in_results_log_and_summary(make_config, tmp_path: Path,
                                                                                    caplog) -> None:
     from slm_ray.evaluation.retrieval_check import MIN_QUESTIONS
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     data = _unanswerable(tmp_path, MIN_QUESTIONS)
     sweep = tmp_path / "sweep"

@@ -116,7 +116,7 @@ def test_resume_states_report_and_summary(tmp_path: Path, monkeypatch: pytest.Mo
                                           sweep_cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     from slm_ray.report import main as report_main
     from slm_ray.sweeps.engine import trial_state
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
     from slm_ray.io import atomic_write_json
 
     monkeypatch.chdir(tmp_path)

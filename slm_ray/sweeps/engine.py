@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 from slm_ray.sweep_folder import SweepFolder, now_iso
 from slm_ray.sweeps import display
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
-from slm_ray.sweeps.summary import write_summary
+from slm_ray.reporting.summary import write_summary
 
 log = logging.getLogger("slm_ray.sweep")
 #: Seconds to wait for worker output in flight before handing an existing Ray's output back to Ray.

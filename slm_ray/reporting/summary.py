@@ -24,6 +24,7 @@ from slm_ray.config import EXPERIMENT_MODES
 from slm_ray.io import atomic_write_json, atomic_write_text, read_json
 from slm_ray.results import peak_gpu
 from slm_ray.run_folder import REPLACED_MARK, RESULTS, RunFolder
+from slm_ray.sweep_folder import PLAN, STATS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, TRIAL_RECORD, TRIALS
 
 log = logging.getLogger("slm_ray.sweep")
 
@@ -59,16 +60,16 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial of the sweep, in reading order: by model and dataset as planned, then closed
     book, gold passage, retrieval (the plan runs longest first); trials found only on disk come last."""
     sweep_dir = Path(sweep_dir)
-    plan = read_json(sweep_dir / "sweep.json") or {}
-    stats = read_json(sweep_dir / "sweep_stats.json")
+    plan = read_json(sweep_dir / PLAN) or {}
+    stats = read_json(sweep_dir / STATS)
     shared_memory = _retriever_memory(stats)
     planned = {t["name"]: t for t in plan.get("trials", [])}
-    trials_dir = sweep_dir / "trials"
+    trials_dir = sweep_dir / TRIALS
     names = list(planned)
     if trials_dir.is_dir():
         names += sorted(p.name for p in trials_dir.iterdir() if p.is_dir() and p.name not in planned
                         and REPLACED_MARK not in p.name
-                        and ((p / RESULTS).is_file() or (p / "trial.json").is_file()))
+                        and ((p / RESULTS).is_file() or (p / TRIAL_RECORD).is_file()))
     rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
     models: dict[Any, int] = {}
     datasets: dict[Any, int] = {}
@@ -83,7 +84,7 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
     run = RunFolder(folder)
     results = run.results()
-    record = read_json(folder / "trial.json") or {}
+    record = read_json(folder / TRIAL_RECORD) or {}
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(trial=name, model=planned.get("model"), dataset=planned.get("dataset"),
                mode=planned.get("experiment_mode"), retriever=planned.get("retriever"), k=planned.get("k"),
@@ -110,7 +111,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     """Write summary.csv, summary.json, summary.md and the plots; returns paths and status counts."""
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
-    plan = read_json(sweep_dir / "sweep.json") or {}
+    plan = read_json(sweep_dir / PLAN) or {}
     counts: dict[str, int] = {}
     for row in rows:
         status = row["status"] if row["status"] in ("ok", "failed", "pending") else "incomplete"
@@ -121,21 +122,21 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     paired = paired_comparisons(sweep_dir, rows, plan)
-    atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+    atomic_write_text(sweep_dir / SUMMARY_CSV, buffer.getvalue())
     warnings = retrieval_warnings(sweep_dir, rows)
-    atomic_write_json(sweep_dir / "summary.json", {"sweep": plan.get("name", sweep_dir.name),
+    atomic_write_json(sweep_dir / SUMMARY_JSON, {"sweep": plan.get("name", sweep_dir.name),
                                                    "description": plan.get("description"),
                                                    "counts": counts, "trials": rows, "retrieval_warnings": warnings,
                                                    "paired": paired["pairs"], "paired_skipped": paired["skipped"]})
-    atomic_write_text(sweep_dir / "summary.md", render_markdown(plan.get("name", sweep_dir.name),
+    atomic_write_text(sweep_dir / SUMMARY_MD, render_markdown(plan.get("name", sweep_dir.name),
                                                                 plan.get("description"), rows,
-                                                                read_json(sweep_dir / "sweep_stats.json"), paired)
+                                                                read_json(sweep_dir / STATS), paired)
                       + warning_lines(warnings))
     plots = write_plots(sweep_dir, rows)
     k_plot = write_recall_vs_k_plot(sweep_dir, rows, plan)
     plots += [k_plot] if k_plot else []
     return {"rows": rows, "counts": counts, "plots": plots, "paired": paired,
-            "files": [str(sweep_dir / f) for f in ("summary.csv", "summary.json", "summary.md")]}
+            "files": [str(sweep_dir / f) for f in (SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD)]}
 
 
 def retrieval_warnings(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -143,7 +144,7 @@ def retrieval_warnings(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str,
     results.json): their reader numbers measure the corpus, not the model."""
     found: dict[str, str] = {}
     for row in rows:
-        results = RunFolder(sweep_dir / "trials" / row["trial"]).results() if row["status"] == "ok" else None
+        results = RunFolder(sweep_dir / TRIALS / row["trial"]).results() if row["status"] == "ok" else None
         if results is not None and results.retrieval_warning:
             found[row["trial"]] = results.retrieval_warning
     return found
@@ -244,7 +245,7 @@ def paired_comparisons(sweep_dir: Path, rows: list[dict[str, Any]], plan: dict[s
 
     def rows_of(trial: str) -> list[dict[str, Any]]:
         if trial not in predictions:
-            predictions[trial] = RunFolder(sweep_dir / "trials" / trial).predictions()
+            predictions[trial] = RunFolder(sweep_dir / TRIALS / trial).predictions()
         return predictions[trial]
 
     pairs: list[dict[str, Any]] = []
@@ -270,7 +271,7 @@ def paired_comparisons(sweep_dir: Path, rows: list[dict[str, Any]], plan: dict[s
                 why = "share no example" if not matched["pairs"] else "hold other questions under the same ids"
                 skipped.append(f"{what}: the trials {why}")
                 continue
-            experiment = (RunFolder(sweep_dir / "trials" / b["trial"]).config() or {}).get("experiment") or {}
+            experiment = (RunFolder(sweep_dir / TRIALS / b["trial"]).config() or {}).get("experiment") or {}
             resamples, seed = int(experiment.get("bootstrap_resamples", 1000)), int(experiment.get("seed", 0))
             compared = compare_pairs(matched["pairs"], n_resamples=resamples, seed=seed)
             pairs.append({"model": model, "dataset": dataset, "settings": dict(others), "a": a["trial"],
