@@ -18,7 +18,8 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
+def raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops like Ctrl-C: finished batches stay saved, the command says so and exits 130."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -110,7 +111,7 @@ def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str]
         return USAGE_EXIT
     debug, print_config, overrides = flags.debug, flags.cfg, flags.rest
     setup_logging(debug)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: finished batches stay saved
+    signal.signal(signal.SIGTERM, raise_interrupt)  # stop like Ctrl-C: finished batches stay saved
     try:
         return body(overrides, print_config)
     except SlmRayError as exc:

@@ -34,3 +34,11 @@ class PreflightError(SlmRayError):
 class CompareError(SlmRayError):
     """Two runs cannot be compared: a folder that is not a finished run, an unknown trial, runs that
     share no example, or an output file that is not a previous comparison's."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` in one line. A Ray error's text starts with the remote traceback, so it is the
+    cause that is named, by the last line of its text (where its own message is)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}".rstrip(": ")

@@ -134,7 +134,3 @@ class SweepFolder:
             "runs": runs,
         })
 
-    def read_stats(self) -> dict[str, Any] | None:
-        stats = read_json(self.path / STATS)
-        return stats if isinstance(stats, dict) else None
-

@@ -22,9 +22,6 @@ from typing import IO, Any, Iterator
 
 #: Longest console line; longer ones (a long path, an error message) are cut, in full in sweep.log.
 MAX_LINE = 200
-#: Ray's python loggers, whose records go to sweep.log instead of the console during a sweep (their
-#: trial tracebacks and ``Tuner.restore`` hints contradict the sweep's own one-line messages).
-RAY_LOGGERS = ("ray",)
 
 
 def _stamp() -> str:
@@ -168,18 +165,13 @@ def active(console: SweepConsole) -> Iterator[SweepConsole]:
 
 @contextmanager
 def ray_logs_to_sweep_log() -> Iterator[None]:
-    """Ray's python loggers write to sweep.log, not the console, until the block ends."""
-    saved = {}
-    for name in RAY_LOGGERS:
-        logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.propagate)
-        logger.handlers = [_ToSweepLog()]
-        logger.propagate = False
+    """Ray's and Tune's python loggers write to sweep.log, not the console, until the block ends (their
+    trial tracebacks and ``Tuner.restore`` hints contradict the sweep's own one-line messages)."""
+    logger = logging.getLogger("ray")
+    saved = (list(logger.handlers), logger.propagate)
+    logger.handlers, logger.propagate = [_ToSweepLog()], False
     try:
         yield
     finally:
-        for name, (handlers, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers = handlers
-            logger.propagate = propagate
+        logger.handlers, logger.propagate = saved
 

@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from slm_ray.cli import raise_interrupt
+from slm_ray.errors import describe_error
 from slm_ray.sweep_folder import SweepFolder, now_iso
 from slm_ray.sweeps import display
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
@@ -290,7 +292,8 @@ def _trial_shapes(plan: SweepPlan, pending: list[Trial], local: bool) -> dict[st
         shape = (plan.resources.cpus, gpus)
         if not any(n.get("CPU", 0) >= shape[0] and n.get("GPU", 0) >= shape[1] for n in nodes):
             message = (f"trial {trial.name} needs cpus={shape[0]:g}, gpus={shape[1]:g} but no node of the "
-                       f"cluster has that much ({_describe_nodes(nodes)})")
+                       "cluster has that much (" + "; ".join(f"node {i + 1}: {n.get('CPU', 0):g} CPU, "
+                                                             f"{n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)) + ")")
             if local:
                 raise SweepError(message + "; lower resources in the sweep file")
             log.warning("%s; waiting for the autoscaler to add one", message)
@@ -330,7 +333,7 @@ def _service_stats(services: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             stats.append({"key": key, **ray.get(handle.stats.remote(), timeout=60)})
         except Exception as exc:  # the actor died (e.g. a bad corpus): keep the reason
-            stats.append({"key": key, "error": _first_line(exc)})
+            stats.append({"key": key, "error": describe_error(exc)})
     return stats
 
 
@@ -358,12 +361,6 @@ def _outcomes(pending: list[Trial], folder: SweepFolder, run_id: str) -> dict[st
             model_loads[model] = model_loads.get(model, 0) + n
     return {"counts": counts, "nodes": nodes, "actors": actors, "loads_per_actor": loads_per_actor,
             "model_loads": model_loads}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    # RayTaskError text starts with the remote traceback; the cause's own message is the last line
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _worker_output_to_console() -> Any:
@@ -435,15 +432,10 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
     try:
         context = ray.init(**kwargs)
     except ConnectionError as exc:
-        raise SweepError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+        raise SweepError(f"cannot connect to the Ray cluster at {address}: {describe_error(exc)}") from None
     finally:
-        signal.signal(signal.SIGTERM, _interrupt)  # ray.init's own handler exits mid-cleanup, with a stack dump
+        signal.signal(signal.SIGTERM, raise_interrupt)  # ray.init's own exits mid-cleanup, with a stack dump
     return True, _dashboard(getattr(context, "dashboard_url", None))
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops a sweep as Ctrl-C does: the trials' finished batches are saved, Ray shuts down."""
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -456,7 +448,3 @@ def _dashboard(url: str | None) -> str | None:
     if not url:
         return None
     return url if "://" in url else f"http://{url}"
-
-
-def _describe_nodes(nodes: list[dict[str, float]]) -> str:
-    return "; ".join(f"node {i + 1}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))

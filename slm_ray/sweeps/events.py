@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from slm_ray.errors import describe_error
 from slm_ray.sweep_folder import SweepFolder, now_iso
 from slm_ray.sweeps import display
 from slm_ray.sweeps.trainable import MIRROR_FILES, MIRROR_LINES
@@ -117,13 +118,9 @@ def _loss(record: dict[str, Any], trial: Any) -> str:
 
 
 def _error_of(trial: Any) -> str:
-    """The last line of what Tune recorded for a trial whose process was lost."""
+    """What Tune recorded for a trial whose process was lost, in one line."""
     try:
         error = trial.get_error()
     except Exception:  # older or newer Tune: the error file is a nicety
         error = None
-    if error is None:
-        return "no error recorded"
-    cause = getattr(error, "cause", None) or error
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+    return describe_error(error) if error is not None else "no error recorded"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from slm_ray.errors import describe_error
 from slm_ray.sweeps.spec import Trial
 
 #: Retriever types that run an encoder while building (a GPU helps them).
@@ -94,9 +95,7 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
         try:
             out = ray.get(done[0])
         except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            lines = [line for line in str(cause).splitlines() if line.strip()]
-            error = f"{type(cause).__name__}: {lines[-1].strip() if lines else ''}"
+            error = describe_error(exc)
             echo(f"  FAILED    {what}: {error}")
             if key is not None:
                 failed[key] = error

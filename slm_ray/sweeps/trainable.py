@@ -67,6 +67,7 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
     from ray import tune
 
     from slm_ray.config import validate_config
+    from slm_ray.errors import describe_error
     from slm_ray.experiment import output_dir, run_experiment
     from slm_ray.logs import setup_actor_logging
     from slm_ray.retrieval.service import RetrieverClient, enter_project_dir
@@ -93,7 +94,7 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
                                  progress=progress, show_progress=False, expected_inputs=config.get("inputs") or {})
     except Exception as exc:  # the trial's result: a retry would fail the same way
         log.info("trial %s failed", config["name"], exc_info=True)  # the traceback, for sweep.log
-        tune.report({**progress.pending_lines(), **where, "status": "failed", "error": _one_line(exc),
+        tune.report({**progress.pending_lines(), **where, "status": "failed", "error": describe_error(exc),
                      "model_loads": dict(_HELD["loads"]), "seconds": round(time.time() - started, 3)})
         return
     extra: dict[str, Any] = progress.pending_lines()
@@ -174,7 +175,3 @@ def _merge_seed(out: Path, seed: dict[str, str]) -> None:
     if extra:
         atomic_write_text(out / PREDICTIONS, "".join(line + "\n" for line in [*lines, *extra]))
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
