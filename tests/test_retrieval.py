@@ -129,3 +129,60 @@ def test_a_corpus_of_stopwords_only_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no passage of the corpus has a word left once stopwords"):
         build_or_load(BM25Config(), passages, tmp_path)
     assert not list((tmp_path / "indexes").glob("bm25-*"))
+
+
+# --- the built-in corpus's embeddings, shipped with the package -------------------------------------------
+
+
+def _dense_cpu_float32() -> DenseConfig:
+    return DenseConfig(dtype="float32", device="cpu")
+
+
+def test_the_shipped_embeddings_are_the_default_encoders_of_the_built_in_corpus() -> None:
+    import numpy as np
+
+    from slm_ray.data.corpus import corpus_fingerprint
+    from slm_ray.retrieval.base import passage_text
+    from slm_ray.retrieval.dense import DenseRetriever
+    from slm_ray.retrieval.prebuilt import prebuilt_embeddings
+
+    passages = builtin_nq_corpus()
+    config = _dense_cpu_float32()
+    shipped = prebuilt_embeddings(config.encoder, "float32", corpus_fingerprint(passages))
+    assert shipped is not None and shipped.shape == (len(passages), 384)
+    sample = [0, 1, 2, 1000, 2599, 2600, len(passages) - 1]  # gold passages and distractors
+    fresh = DenseRetriever(config, passages).encode([passage_text(passages[i]) for i in sample])
+    assert np.allclose(fresh, shipped[sample], atol=1e-4)
+
+
+def test_shipped_embeddings_serve_only_their_own_encoder_dtype_corpus_and_bytes(tmp_path: Path, monkeypatch,
+                                                                                caplog) -> None:
+    import shutil
+
+    import slm_ray.retrieval.prebuilt as prebuilt
+    from slm_ray.data.corpus import corpus_fingerprint
+
+    corpus = corpus_fingerprint(builtin_nq_corpus())
+    encoder = _dense_cpu_float32().encoder
+    assert prebuilt.prebuilt_embeddings(encoder, "bfloat16", corpus) is None
+    assert prebuilt.prebuilt_embeddings("sentence-transformers/all-mpnet-base-v2", "float32", corpus) is None
+    assert prebuilt.prebuilt_embeddings(encoder, "float32", corpus_fingerprint(builtin_nq_corpus()[:-1])) is None
+    damaged = tmp_path / prebuilt.EMBEDDINGS.name
+    shutil.copy(prebuilt.EMBEDDINGS, damaged)
+    with open(damaged, "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\x00" * 8)
+    monkeypatch.setattr(prebuilt, "EMBEDDINGS", damaged)
+    assert prebuilt.prebuilt_embeddings(encoder, "float32", corpus) is None
+    assert "does not match its recorded SHA-256" in caplog.text
+
+
+def test_a_dense_index_of_the_built_in_corpus_is_built_without_encoding_it(tmp_path: Path, monkeypatch) -> None:
+    from slm_ray.retrieval.dense import DenseRetriever
+
+    monkeypatch.setattr(DenseRetriever, "encode_passages", lambda self, texts: pytest.fail("the corpus was encoded"))
+    passages = builtin_nq_corpus()
+    retriever, built = build_or_load(_dense_cpu_float32(), passages, tmp_path)
+    assert built
+    [hits] = retriever.retrieve([passages[5].text[:200]], 3)  # a question's words: its own passage first
+    assert hits[0].passage.id == passages[5].id

@@ -1,9 +1,12 @@
-"""The Ray sweep engine: sweep files, generator and retriever actors, Tune driving, summaries.
+"""The Ray sweep engine: sweep files, a prepare stage, Ray Tune trials that hold the generators.
 
-    spec     sweep files -> a validated plan of trials (no Ray)
-    actors   generator worker actors and the pool that assigns trials to them
-    engine   connects to Ray, runs the plan through Ray Tune, collects what happened
-    summary  summary.csv/json/md and plots from the trial folders
+    spec       sweep files -> a validated plan of trials (no Ray)
+    engine     the driver: connects to Ray, prepares, starts the retriever actors, runs Tune
+    prepare    index builds and model copies as Ray tasks, before the first trial
+    trainable  the Tune trial: one experiment, its generator kept loaded for the next trial
+    events     the Tune callback: trial records on the driver's disk, console lines
+    display    the driver's console, live status line and sweep.log
+    reaper     the local Ray dies with its driver
 
-Only ``spec`` and ``summary`` are imported without Ray; ``import slm_ray.sweeps`` imports nothing.
+Only ``spec`` and ``display`` are imported without Ray; ``import slm_ray.sweeps`` imports nothing.
 """
