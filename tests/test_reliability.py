@@ -150,7 +150,7 @@ resources: {{cpus: 1}}
     assert len(trial_record["process_losses"]) == 1 and f"generator-{killed[0]}" in trial_record["process_losses"][0]
     assert trial_record["pid"] != killed[0]  # Tune's retry ran in a new trial actor
     out = capsys.readouterr().out
-    assert f"retrying  {trial.name}: generator-{killed[0]} was lost" in out, out
+    assert f"retrying  {trial.name}: generator-{killed[0]} on node" in out and "was lost: " in out, out
 
     rows = [json.loads(line) for line in (folder / PREDICTIONS).read_text().splitlines()]
     ids = [r["id"] for r in rows]

@@ -85,8 +85,14 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cach
     for name in status:
         record_file = json.loads((sweep_dir / "trials" / name / "trial.json").read_text())
         assert record_file["node_id"] in stats["nodes"]
+    # the indexes were built before the trials by prepare tasks holding a whole node's CPUs; the
+    # retriever actors only loaded them
+    from ray.util.state import list_actors, list_placement_groups, list_tasks
+
+    assert all(a["index_built_now"] is False for a in actors), actors
+    builds = [t for t in list_tasks(detail=True, limit=10_000) if t.func_or_class_name == "build_index"]
+    assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
     # Ray's state API: each trial ran in one of Tune's trial actors, holding the sweep's resources
-    from ray.util.state import list_actors, list_placement_groups
 
     bundles = {pg.placement_group_id: pg.bundles for pg in list_placement_groups(detail=True, limit=10_000)}
     trial_actors = {a.pid: a for a in list_actors(detail=True, limit=10_000) if a.class_name == "ImplicitFunc"}

@@ -177,7 +177,7 @@ def resolve_location(cfg: Any, dtype: str, cache_dir: str | Path) -> str:
         from slm_ray.generation.sources import _dequantised_copy, packaged_gguf_folder
 
         folder = packaged_gguf_folder(cfg.path, cfg.gguf_file)
-        return str(_dequantised_copy(folder, cfg.gguf_file, getattr(torch, dtype), Path(cache_dir)).resolve())
+        return str(_dequantised_copy(folder, cfg.gguf_file, getattr(torch, dtype), Path(cache_dir))[0].resolve())
     return cfg.path
 
 

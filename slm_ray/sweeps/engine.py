@@ -173,8 +173,10 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         echo("Ray dashboard: off (--no-dashboard)" if chosen else
              f"Ray dashboard: off on this {os.cpu_count()}-CPU machine, where it would slow the trials "
              "(--dashboard turns it on)")
-    else:
+    elif started_here:
         echo("Ray dashboard: not available (pip install 'ray[default]')")
+    else:
+        echo("Ray dashboard: none on the Ray this sweep joined")
     namespace = f"slm_ray-{plan.name}-{run_id}"
     services: dict[str, Any] = {}
     routing = _worker_output_to_console()

@@ -118,9 +118,13 @@ def _loss(record: dict[str, Any], trial: Any) -> str:
 
 
 def _error_of(trial: Any) -> str:
-    """What Tune recorded for a trial whose process was lost, in one line."""
+    """What Tune recorded for a trial whose process was lost, in one line (from the driver's copy of
+    the error: Tune syncs it to the trial's storage later)."""
+    from ray import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
     try:
-        error = trial.get_error()
-    except Exception:  # older or newer Tune: the error file is a nicety
-        error = None
-    return describe_error(error) if error is not None else "no error recorded"
+        with open(path, "rb") as handle:  # type: ignore[arg-type]
+            return describe_error(cloudpickle.load(handle))
+    except Exception:  # no such file (another Tune), or an error that does not unpickle here
+        return "no error recorded"

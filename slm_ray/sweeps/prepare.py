@@ -78,9 +78,11 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
         ref = ray.remote(build_index).options(num_cpus=cpus, num_gpus=gpus, max_retries=1, **runtime).remote(
             cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir, driver_cwd, cpus)
         jobs[ref] = (f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}", trial.retriever_key)
-    for trial in _first_per(pending, lambda t: t.model_key if t.config.model.source == "gguf_package" else None):
+    for trial in _first_per(pending, _model_copy_key):
         cfg = trial.config
-        ref = ray.remote(copy_model).options(num_cpus=cpus, max_retries=1, **runtime).remote(
+        # on a GPU node where the trial will be one: the dtype of the copy is the one the hardware decides
+        gpus = 1 if has_gpu and cfg.model.num_gpus > 0 else 0
+        ref = ray.remote(copy_model).options(num_cpus=cpus, num_gpus=gpus, max_retries=1, **runtime).remote(
             cfg.model.model_dump(by_alias=True), cfg.experiment.cache_dir, driver_cwd, cpus)
         jobs[ref] = (f"model copy of {cfg.model.name}", None)
     if not jobs:
@@ -104,6 +106,12 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
             counts["indexes_built" if out["built_now"] else "indexes_cached"] += 1
         echo(f"  prepared  {what}: {'built' if out['built_now'] else 'cached'} ({out['seconds']:.1f}s)")
     return {**counts, "failed": failed}
+
+
+def _model_copy_key(trial: Trial) -> tuple[str, ...] | None:
+    """Trials whose models load from the same local copy (backends and decoding aside)."""
+    model = trial.config.model
+    return (model.path, str(model.gguf_file), model.dtype, model.device) if model.source == "gguf_package" else None
 
 
 def _first_per(trials: list[Trial], key: Callable[[Trial], Any]) -> list[Trial]:
