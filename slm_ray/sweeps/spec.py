@@ -327,13 +327,41 @@ def _order(staged: list[tuple]) -> list[tuple]:
     return [item for _, item in sorted(enumerate(staged), key=key)]
 
 
+class _DuplicateKey(Exception):
+    """A mapping of a sweep file that names one key twice (PyYAML would keep the last silently)."""
+
+
+def _strict_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping: a second ``grid.model``
+    would replace the first, and the trials of its values would vanish without a word."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, then keys overriding it
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(f"line {line}: key {key!r} is given twice in one mapping (first on line "
+                                        f"{seen[key]}): YAML would keep only the last; merge them into one")
+                seen.setdefault(key, line)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_loader())  # noqa: S506 - a safe loader
+    except _DuplicateKey as exc:
+        raise SweepError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
