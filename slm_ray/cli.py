@@ -126,8 +126,11 @@ def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str]
     except SlmRayError as exc:
         if debug:
             raise
+        from slm_ray.secrets import override_secrets, redact
+
+        known = override_secrets(overrides)
         for problem in getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]:  # one line each
-            print(f"error: {one_line(problem)}", file=sys.stderr)
+            print(f"error: {one_line(redact(problem, known))}", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)

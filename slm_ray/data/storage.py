@@ -280,6 +280,6 @@ def _bucket_exists(client: Any, bucket: str) -> bool:
 
 def _redact(message: str) -> str:
     """Messages quote endpoints and server text; make sure no secret from the environment leaks."""
-    from slm_ray.tracking.base import redact_env_secrets
+    from slm_ray.secrets import redact
 
-    return redact_env_secrets(message)
+    return redact(message)
