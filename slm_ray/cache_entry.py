@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from slm_ray.cache_manifest import verify_manifest, write_manifest
-from slm_ray.errors import disk_fault, writes_to
+from slm_ray.errors import WRITE_FAULTS, disk_fault, writes_to
 from slm_ray.io import atomic_folder, build_lock
 
 log = logging.getLogger("slm_ray.cache")
@@ -128,8 +128,8 @@ def _build_locked(folder: Path, build: Callable[[Path], None], load: Callable[[P
                 try:
                     build(staging)
                     write_manifest(staging)  # last: it covers every file written above
-                except Exception as exc:  # faiss and safetensors fail on a full disk with no OSError
-                    fault = None if isinstance(exc, OSError) else disk_fault(staging)
+                except Exception as exc:  # faiss, safetensors, numpy's short writes: no errno on a full disk
+                    fault = None if getattr(exc, "errno", None) in WRITE_FAULTS else disk_fault(staging)
                     if fault is None:
                         raise
                     raise fault from exc

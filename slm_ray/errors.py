@@ -102,7 +102,8 @@ def writes_to(folder: str | os.PathLike[str], setting: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        error = unwritable(folder, exc, setting)
+        # a short write (numpy's tofile) has no errno: the disk says whether it was full
+        error = unwritable(folder, exc if exc.errno else (disk_fault(folder) or exc), setting)
         if error is None:
             raise
         raise error from exc
