@@ -29,6 +29,7 @@ ORDINARY_KEYS = [
     "token_recall", "token_recall_ci_low", "eos_token_id", "pad_token_id", "stop_token_ids", "pad_token",
     "eos_token", "bos_token", "add_special_tokens", "skip_special_tokens", "gold_tokens", "predicted_tokens",
     "keys", "passages", "passage_separator", "max_tokens", "past_key_values", "monkey", "keyboard", "tokens",
+    "top_k", "k", "retriever.k", "rrf_k", "TOKENIZERS_PARALLELISM", "RAY_AUTH_MODE", "enable_thinking",
 ]
 
 
