@@ -126,7 +126,7 @@ def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str]
     except SlmRayError as exc:
         if debug:
             raise
-        from slm_ray.secrets import override_secrets, redact
+        from slm_ray.redaction import override_secrets, redact
 
         known = override_secrets(overrides)
         for problem in getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]:  # one line each

@@ -95,11 +95,11 @@ def _explain(exc: Exception, overrides: Sequence[str]) -> str:
         )
     parse = re.search(r"Error parsing override '([^']+)'", text)
     if parse:
-        from slm_ray.secrets import mask_override
+        from slm_ray.redaction import mask_override
 
         return f"cannot parse override {mask_override(parse.group(1))!r} (expected key=value, e.g. model.batch_size=16)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    from slm_ray.secrets import mask_override, override_secrets, redact
+    from slm_ray.redaction import mask_override, override_secrets, redact
 
     known = override_secrets(overrides)
     shown = " ".join(mask_override(o, known) for o in overrides) or "(none)"
@@ -114,7 +114,7 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
 def compose_hydra(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Hydra's own config for these overrides (``--cfg hydra``): its search path, choices, overrides;
     only ever printed, so with every secret masked."""
-    from slm_ray.secrets import mask_secrets, override_secrets
+    from slm_ray.redaction import mask_secrets, override_secrets
 
     return mask_secrets(_compose(overrides, with_hydra=True), override_secrets(overrides))
 
@@ -168,10 +168,10 @@ def compose_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
 
 def print_configs(which: str, jobs: list[dict[str, Any]], overrides: Sequence[str]) -> None:
     """``--cfg job|hydra|all`` as Hydra prints it: YAML, one document per job of a multirun; every
-    secret masked (``slm_ray.secrets``)."""
+    secret masked (``slm_ray.redaction``)."""
     from omegaconf import OmegaConf
 
-    from slm_ray.secrets import mask_secrets
+    from slm_ray.redaction import mask_secrets
 
     if which in ("hydra", "all"):
         print("# hydra\n" + OmegaConf.to_yaml(compose_hydra(expand_overrides(overrides)[0])).rstrip())

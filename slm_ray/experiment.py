@@ -33,7 +33,7 @@ from slm_ray.logs import FILE_ONLY
 from slm_ray.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
                                  RunSession, aggregate_segments, now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
-from slm_ray.secrets import mask_secrets
+from slm_ray.redaction import mask_secrets
 
 log = logging.getLogger("slm_ray.experiment")
 PROGRESS_EVERY = 50

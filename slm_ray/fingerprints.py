@@ -47,7 +47,7 @@ def answer_settings(config: dict[str, Any], resolved_dtypes: Mapping[str, str] |
     never resumes a float32 folder. An explicit dtype is its own record (no key added). Secrets are
     masked (inputs.json records these settings; a new token changes no answer).
     """
-    from slm_ray.secrets import mask_secrets
+    from slm_ray.redaction import mask_secrets
 
     data = mask_secrets(json.loads(json.dumps(config, default=str)), in_text=False)
     for section in DTYPE_SECTIONS:

@@ -180,6 +180,6 @@ def _first_line(exc: Exception) -> str:
 
 def redact(message: str) -> str:
     """No token or secret key from the environment in anything printed."""
-    from slm_ray.secrets import redact
+    from slm_ray.redaction import redact
 
     return redact(message)

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from slm_ray.composition import compose_config, group_options
-from slm_ray.secrets import MASK, is_secret_key, mask_secrets
+from slm_ray.redaction import MASK, is_secret_key, mask_secrets
 
 SECRET_KEYS = [
     "secret", "password", "token", "access_key", "api_key", "credentials", "credential",  # snake_case, as before
@@ -93,13 +93,13 @@ ENV_TOKEN = "hf_plantedEnvironmentToken456"
     ("model.path=/models/tokenizer_dir", "model.path=/models/tokenizer_dir"),
 ])
 def test_an_override_is_recorded_without_its_secret(override: str, shown: str) -> None:
-    from slm_ray.secrets import mask_override
+    from slm_ray.redaction import mask_override
 
     assert mask_override(override) == shown
 
 
 def test_secrets_of_the_environment_are_masked_in_any_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    from slm_ray.secrets import env_secrets, redact
+    from slm_ray.redaction import env_secrets, redact
 
     monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
     monkeypatch.setenv("MY_SERVICE_PASSWORD", "planted-password")

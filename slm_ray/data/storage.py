@@ -283,6 +283,6 @@ def _bucket_exists(client: Any, bucket: str) -> bool:
 
 def _redact(message: str) -> str:
     """Messages quote endpoints and server text; make sure no secret from the environment leaks."""
-    from slm_ray.secrets import redact
+    from slm_ray.redaction import redact
 
     return redact(message)

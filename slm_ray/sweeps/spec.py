@@ -37,7 +37,7 @@ from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
 from slm_ray.fingerprints import stable_hash
 from slm_ray.names import RULE, name_problem, safe_name
-from slm_ray.secrets import config_secrets, is_secret_key, override_key
+from slm_ray.redaction import config_secrets, is_secret_key, override_key
 
 TOP_LEVEL_KEYS = ("name", "description", "overrides", "grid", "exclude", "resources", "retriever_resources",
                   "max_concurrent_trials", "max_failures")
@@ -105,15 +105,15 @@ class Trial:
         return service_key(self.config)
 
     def secrets(self) -> set[str]:
-        """The secrets this trial's config and overrides hold (``slm_ray.secrets``)."""
-        from slm_ray.secrets import override_secrets
+        """The secrets this trial's config and overrides hold (``slm_ray.redaction``)."""
+        from slm_ray.redaction import override_secrets
 
         return config_secrets(self.config.model_dump(by_alias=True)) | override_secrets(self.overrides)
 
     def describe(self, known: set[str] | None = None) -> dict[str, Any]:
         """The trial as recorded (sweep.json, a trial record): every secret masked. ``known``: the
         plan's secrets, when the caller has them already."""
-        from slm_ray.secrets import mask_override, mask_secrets
+        from slm_ray.redaction import mask_override, mask_secrets
 
         known = self.secrets() if known is None else known
         cfg = self.config
@@ -164,8 +164,8 @@ class SweepPlan:
         return set().union(*(t.secrets() for t in self.trials))
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as sweep.json records it: every secret masked (``slm_ray.secrets``)."""
-        from slm_ray.secrets import mask_override, mask_secrets
+        """The plan as sweep.json records it: every secret masked (``slm_ray.redaction``)."""
+        from slm_ray.redaction import mask_override, mask_secrets
 
         known = self.secrets()
         return {
@@ -187,7 +187,7 @@ class SweepPlan:
         """The plan as text: one line per trial with the overrides that reproduce it alone (a secret
         as ``***``: give it again as the sweep file does)."""
         from slm_ray.composition import user_config_dirs
-        from slm_ray.secrets import mask_override
+        from slm_ray.redaction import mask_override
 
         known = self.secrets()
         lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir}"]
@@ -532,6 +532,6 @@ def _expand(grid: dict[str, list[Any]], rules: list[dict[str, list[Any]]], defau
 
 def _describe_combo(combo: dict[str, Any]) -> str:
     """``model=x, retriever.k=3`` for a message; a secret axis value as ``***``."""
-    from slm_ray.secrets import mask_secrets
+    from slm_ray.redaction import mask_secrets
 
     return ", ".join(f"{k}={v}" for k, v in mask_secrets(combo, config_secrets(combo)).items()) or "no axes"

@@ -1,4 +1,4 @@
-"""The tracker interface and the no-op tracker (what a tracker receives is masked by ``slm_ray.secrets``)."""
+"""The tracker interface and the no-op tracker (what a tracker receives is masked by ``slm_ray.redaction``)."""
 
 from __future__ import annotations
 
