@@ -47,7 +47,7 @@ def _booleans_are_not_numbers(model: type[BaseModel], raw: Any, prefix: str = ""
         if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
             raise ConfigError(f"{dotted}={str(value).lower()}: a boolean is not a number "
                               f"(valid: {_valid_numbers(field, kinds)})")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and kinds and kinds <= {bool, type(None)}:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and kinds - {type(None)} == {bool}:
             raise ConfigError(f"{dotted}={value!r}: a number is not a boolean (valid: true or false)")
 
 
@@ -66,13 +66,14 @@ def _section_for(annotation: Any, value: Any) -> type[BaseModel] | None:
 
 
 def _scalar_kinds(annotation: Any) -> set[Any]:
-    """The scalar types a field's annotation accepts (``int | None`` -> {int, NoneType})."""
+    """The types a field's annotation accepts, unions flattened (``int | None`` -> {int, NoneType};
+    ``FolderName | None`` -> {str, NoneType})."""
     args = get_args(annotation)
     if get_origin(annotation) is Annotated:
         return _scalar_kinds(args[0])
     if args and get_origin(annotation) in (Union, UnionType):
         return set().union(*(_scalar_kinds(a) for a in args))
-    return {annotation} if annotation in (int, float, bool, type(None)) else set()
+    return {annotation}
 
 
 def _valid_numbers(field: FieldInfo, kinds: set[Any]) -> str:

@@ -107,8 +107,9 @@ def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(overrides: list[str], 
 
 def test_numbers_and_booleans_where_they_belong_are_accepted() -> None:
     cfg = compose_config(["dataset.limit=5", "model.temperature=1", "dataset.sample=true", "tracker.offline=true",
-                          "dataset.limit=null"])
+                          "dataset.limit=null", "experiment.name=123"])
     assert (cfg.dataset.limit, cfg.model.temperature, cfg.dataset.sample, cfg.tracker.offline) == (None, 1.0, True, True)
+    assert cfg.experiment.name == "123"  # a number is a fine name: only a boolean field refuses numbers
 
 
 def test_cli_refuses_a_boolean_limit_in_one_line(tmp_path: Path) -> None:
