@@ -30,10 +30,10 @@ from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.evaluation.retrieval_check import low_recall_warning
 from slm_ray.generation.base import BaseModel
 from slm_ray.logs import FILE_ONLY
-from slm_ray.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
-                                 RunSession, aggregate_segments, now_iso, run_inputs)
-from slm_ray.tracking import build_tracker
 from slm_ray.redaction import mask_secrets
+from slm_ray.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs, InputsChanged,
+                                RunFolder, RunSession, aggregate_segments, now_iso, run_inputs)
+from slm_ray.tracking import build_tracker
 
 log = logging.getLogger("slm_ray.experiment")
 PROGRESS_EVERY = 50

@@ -135,7 +135,8 @@ def match(prediction: str, gold_answers: Sequence[str]) -> float:
     exact match (extra words around the answer are allowed).
     """
     predicted = _Normalised(prediction)
-    return float(any(_contains_phrase(predicted(normalise), gold) for normalise, gold in _normalized_golds(gold_answers)))
+    golds = _normalized_golds(gold_answers)
+    return float(any(_contains_phrase(predicted(normalise), gold) for normalise, gold in golds))
 
 
 def passages_with_answer(passage_texts: Sequence[str], gold_answers: Sequence[str]) -> list[bool]:

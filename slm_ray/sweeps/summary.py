@@ -2,8 +2,9 @@
 
 One row per trial, read from ``trials/<name>/results.json`` (what the experiment measured),
 ``trials/<name>/trial.json`` (where it ran, or why it failed) and ``sweep.json`` (the plan: trials
-that never ran show as pending; a trial whose folder was deleted since the previous summary, as missing). The retriever's memory is the shared actor's, from
-``sweep_stats.json`` when the sweep engine wrote it, else from the trial's retriever_info.
+that never ran show as pending; a trial whose folder was deleted since the previous summary, as
+missing). The retriever's memory is the shared actor's, from ``sweep_stats.json`` when the sweep
+engine wrote it, else from the trial's retriever_info.
 
 The paired section answers the sweep's question on the same questions: for each model and dataset
 (and any other grid setting), the gold passage against closed book, each retrieval setting against
