@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from slm_ray.cache_manifest import verify_manifest, write_manifest
+from slm_ray.errors import WRITE_FAULTS, disk_fault, writes_to
 from slm_ray.io import atomic_folder, build_lock
 
 log = logging.getLogger("slm_ray.cache")
@@ -93,16 +94,25 @@ def _remove(path: Path) -> None:
 
 
 def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
-                  load: Callable[[Path], None] | None = None, what: str = "cache entry") -> bool:
+                  load: Callable[[Path], None] | None = None, what: str = "cache entry",
+                  setting: str = "experiment.cache_dir") -> bool:
     """Make ``folder`` a sound cache entry; True when it was (re)built now.
 
     ``build(staging)`` writes the entry into an empty staging folder, which gets its manifest last
     and is then renamed into place. ``load(folder)``, when given, reads a sound entry and raises
     if it cannot; an entry that fails the manifest check or the load is rebuilt, with one warning.
+    A fault writing it (read-only, full disk, no permission: the lock, the staging folder, the
+    build's own files) is one line naming the folder and ``setting``, and leaves no staging folder.
     """
     folder = Path(folder)
     if _problem(folder, load) is None:
         return False
+    with writes_to(folder, setting):
+        return _build_locked(folder, build, load, what)
+
+
+def _build_locked(folder: Path, build: Callable[[Path], None], load: Callable[[Path], None] | None,
+                  what: str) -> bool:
     with build_lock(folder):  # another process building this entry: wait, then use its copy
         problem = _problem(folder, load)
         if problem is None:
@@ -115,8 +125,14 @@ def load_or_build(folder: str | Path, build: Callable[[Path], None], *,
             aside = _set_aside(folder)
         try:
             with atomic_folder(folder) as staging:
-                build(staging)
-                write_manifest(staging)  # last: it covers every file written above
+                try:
+                    build(staging)
+                    write_manifest(staging)  # last: it covers every file written above
+                except Exception as exc:  # faiss, safetensors, numpy's short writes: no errno on a full disk
+                    fault = None if getattr(exc, "errno", None) in WRITE_FAULTS else disk_fault(staging)
+                    if fault is None:
+                        raise
+                    raise fault from exc
         finally:
             if aside is not None:
                 _remove(aside)

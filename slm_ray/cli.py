@@ -117,14 +117,25 @@ def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str]
     except SlmRayError as exc:
         if debug:
             raise
+        from slm_ray.redaction import override_secrets, redact
+
+        known = override_secrets(overrides)
         for problem in getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]:  # one line each
-            print(f"error: {one_line(problem)}", file=sys.stderr)
+            print(f"error: {one_line(redact(problem, known))}", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
-        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        print(interrupted_message(hydra_flags and not print_config), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `slm-ray run --cfg | head`: the reader left; say nothing more
         return _reader_left()
+
+
+def interrupted_message(resumable: bool) -> str:
+    """What to say when Ctrl-C or a signal stops a command: only a run, a sweep or a download has
+    finished work to keep (``--cfg``, ``report`` and ``compare`` had none to save)."""
+    if resumable:
+        return "interrupted: finished work is saved; run the same command again to resume"
+    return "interrupted"
 
 
 def print_help(doc: str) -> int:

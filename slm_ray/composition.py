@@ -95,9 +95,15 @@ def _explain(exc: Exception, overrides: Sequence[str]) -> str:
         )
     parse = re.search(r"Error parsing override '([^']+)'", text)
     if parse:
-        return f"cannot parse override {parse.group(1)!r} (expected key=value, e.g. model.batch_size=16)"
+        from slm_ray.redaction import mask_override
+
+        return f"cannot parse override {mask_override(parse.group(1))!r} (expected key=value, e.g. model.batch_size=16)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return f"bad override in {' '.join(overrides) or '(none)'}: {first}"
+    from slm_ray.redaction import mask_override, override_secrets, redact
+
+    known = override_secrets(overrides)
+    shown = " ".join(mask_override(o, known) for o in overrides) or "(none)"
+    return f"bad override in {shown}: {redact(first, known)}"
 
 
 def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -106,8 +112,11 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def compose_hydra(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Hydra's own config for these overrides (``--cfg hydra``): its search path, choices, overrides."""
-    return _compose(overrides, with_hydra=True)
+    """Hydra's own config for these overrides (``--cfg hydra``): its search path, choices, overrides;
+    only ever printed, so with every secret masked."""
+    from slm_ray.redaction import mask_secrets, override_secrets
+
+    return mask_secrets(_compose(overrides, with_hydra=True), override_secrets(overrides))
 
 
 def compose_many(shared: Sequence[str], choices: Sequence[Sequence[str]],
@@ -205,8 +214,11 @@ def compose_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
 
 
 def print_configs(which: str, jobs: list[dict[str, Any]], overrides: Sequence[str]) -> None:
-    """``--cfg job|hydra|all`` as Hydra prints it: YAML, one document per job of a multirun."""
+    """``--cfg job|hydra|all`` as Hydra prints it: YAML, one document per job of a multirun; every
+    secret masked (``slm_ray.redaction``)."""
     from omegaconf import OmegaConf
+
+    from slm_ray.redaction import mask_secrets
 
     if which in ("hydra", "all"):
         print("# hydra\n" + OmegaConf.to_yaml(compose_hydra(expand_overrides(overrides)[0])).rstrip())
@@ -214,4 +226,4 @@ def print_configs(which: str, jobs: list[dict[str, Any]], overrides: Sequence[st
         for number, job in enumerate(jobs):
             if len(jobs) > 1 or which == "all":
                 print(f"---\n# job {number + 1} of {len(jobs)}" if len(jobs) > 1 else "---\n# job")
-            print(OmegaConf.to_yaml(job).rstrip())
+            print(OmegaConf.to_yaml(mask_secrets(job)).rstrip())

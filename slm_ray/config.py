@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import string
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic.fields import FieldInfo
 
 from slm_ray.errors import ConfigError
 from slm_ray.names import check_name
@@ -24,6 +27,63 @@ class Section(BaseModel):
     """A config section: unknown keys are errors; ``_target_`` is read as ``target``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _booleans_are_not_numbers(model: type[BaseModel], raw: Any, prefix: str = "") -> None:
+    """Refuse a boolean where a number goes and a number where a boolean goes, naming the key:
+    pydantic would read ``dataset.limit=true`` as a limit of 1 and ``dataset.sample=1`` as true."""
+    if not isinstance(raw, dict):
+        return
+    for name, field in model.model_fields.items():
+        key = field.alias if field.alias in raw else name
+        if key not in raw:
+            continue
+        value, dotted = raw[key], f"{prefix}{key}"
+        section = _section_for(field.annotation, value)
+        if section is not None:
+            _booleans_are_not_numbers(section, value, dotted + ".")
+            continue
+        kinds = _scalar_kinds(field.annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ConfigError(f"{dotted}={str(value).lower()}: a boolean is not a number "
+                              f"(valid: {_valid_numbers(field, kinds)})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and kinds - {type(None)} == {bool}:
+            raise ConfigError(f"{dotted}={value!r}: a number is not a boolean (valid: true or false)")
+
+
+def _section_for(annotation: Any, value: Any) -> type[BaseModel] | None:
+    """The section model a field holds (for a union of retrievers, the one ``value['type']`` names)."""
+    if get_origin(annotation) is Annotated:
+        return _section_for(get_args(annotation)[0], value)
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    if get_origin(annotation) in (Union, UnionType) and isinstance(value, dict):
+        for member in get_args(annotation):
+            tag = getattr(member, "model_fields", {}).get("type")
+            if tag is not None and tag.default == value.get("type"):
+                return member
+    return None
+
+
+def _scalar_kinds(annotation: Any) -> set[Any]:
+    """The types a field's annotation accepts, unions flattened (``int | None`` -> {int, NoneType};
+    ``FolderName | None`` -> {str, NoneType})."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _scalar_kinds(args[0])
+    if args and get_origin(annotation) in (Union, UnionType):
+        return set().union(*(_scalar_kinds(a) for a in args))
+    return {annotation}
+
+
+def _valid_numbers(field: FieldInfo, kinds: set[Any]) -> str:
+    """``an integer >= 1, or null``: what a numeric field takes, from its type and bounds."""
+    bounds = [f"{sign} {getattr(bound, attribute)}" for bound in field.metadata
+              for attribute, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(bound, attribute, None) is not None]
+    text = ("an integer" if float not in kinds else "a number") + "".join(f" {b}" for b in bounds[:1])
+    text += "".join(f" and {b}" for b in bounds[1:])
+    return text + (", or null" if type(None) in kinds else "")
 
 
 def _folder_name(value: str | None) -> str | None:
@@ -287,13 +347,16 @@ def _format_validation_error(exc: ValidationError) -> str:
         return f"missing config key {key!r}"
     message = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, bool) or value is None:  # as the user writes it: true, false, null
+        return f"{key}={'null' if value is None else str(value).lower()}: {message}"
+    if isinstance(value, (str, int, float)):
         return f"{key}={value!r}: {message}"
     return f"{key}: {message}"
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
     """Turn a composed config (plain dict) into a checked ``ExperimentConfig`` or raise ConfigError."""
+    _booleans_are_not_numbers(ExperimentConfig, raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -23,17 +23,17 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slm_ray.config import ExperimentConfig, import_object
 from slm_ray.data.base import Passage, QAExample
-from slm_ray.errors import SlmRayError
+from slm_ray.errors import WRITE_FAULTS, SlmRayError, writes_to
 from slm_ray.evaluation.evidence import passage_evidence, scored_text, with_rank_metrics
 from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.evaluation.retrieval_check import low_recall_warning
 from slm_ray.generation.base import BaseModel
 from slm_ray.logs import FILE_ONLY
-from slm_ray.run_folder import (CONFIG, LOG, MEMORY, PREDICTIONS, RESULTS, Inputs, InputsChanged, RunFolder,
-                                 RunSession, aggregate_segments, now_iso, run_inputs)
+from slm_ray.redaction import mask_secrets
+from slm_ray.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs, InputsChanged,
+                                RunFolder, RunSession, aggregate_segments, now_iso, run_inputs)
 from slm_ray.tracking import build_tracker
-from slm_ray.tracking.base import mask_secrets
 
 log = logging.getLogger("slm_ray.experiment")
 PROGRESS_EVERY = 50
@@ -363,11 +363,29 @@ def capture_records() -> Iterator[list[logging.LogRecord]]:
             package_logger.removeHandler(recorder)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log's handler: once the disk refuses a write (full, read-only), it stops quietly instead
+    of printing a traceback per record; the run's next write of an answer says it in one line."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if isinstance(sys.exc_info()[1], OSError) and sys.exc_info()[1].errno in WRITE_FAULTS:
+            self.broken = True
+            return
+        super().handleError(record)
+
+
 @contextmanager
 def log_to_file(path: Path, earlier: Iterable[logging.LogRecord] = ()) -> Iterator[None]:
     """Copy slm_ray's log records into the run folder's run.log while the run lasts, after the
     ``earlier`` ones of this run (those from before the folder could be written)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    with writes_to(path.parent, OUTPUT_SETTING):
+        handler = _RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     for record in earlier:

@@ -44,9 +44,12 @@ def answer_settings(config: dict[str, Any], resolved_dtypes: Mapping[str, str] |
     the mode, the dataset selection and (for retrieval) the retriever and corpus settings do. So
     does the dtype that ``dtype: auto`` became on the machine that answers: each such section gets
     ``resolved_dtype`` from ``resolved_dtypes`` (``UNRESOLVED`` where not given), so that a bf16 run
-    never resumes a float32 folder. An explicit dtype is its own record (no key added).
+    never resumes a float32 folder. An explicit dtype is its own record (no key added). Secrets are
+    masked (inputs.json records these settings; a new token changes no answer).
     """
-    data = json.loads(json.dumps(config, default=str))
+    from slm_ray.redaction import mask_secrets
+
+    data = mask_secrets(json.loads(json.dumps(config, default=str)), in_text=False)
     for section in DTYPE_SECTIONS:
         part = data.get(section)
         if isinstance(part, dict) and part.get("dtype") == "auto":

@@ -180,6 +180,6 @@ def _first_line(exc: Exception) -> str:
 
 def redact(message: str) -> str:
     """No token or secret key from the environment in anything printed."""
-    from slm_ray.tracking.base import redact_env_secrets
+    from slm_ray.redaction import redact
 
-    return redact_env_secrets(message)
+    return redact(message)

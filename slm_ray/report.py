@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(arguments: list[str], print_config: bool) -> int:
     from slm_ray.errors import SlmRayError
     from slm_ray.reporting.summary import write_summary
+    from slm_ray.run_folder import holder_of
 
     if len(arguments) != 1:
         raise SlmRayError("give one sweep folder: slm-ray report outputs/sweeps/<name>")
@@ -50,6 +51,10 @@ def _report(arguments: list[str], print_config: bool) -> int:
         raise SlmRayError(f"sweep folder not found: {folder}")
     if not (folder / "sweep.json").is_file() and not (folder / "trials").is_dir():
         raise SlmRayError(f"{folder} is not a sweep folder (no sweep.json and no trials/)")
+    holder = holder_of(folder)
+    if holder is not None:
+        raise SlmRayError(f"{folder} is a sweep that is running ({holder}): its summary would be partial, and the "
+                          "sweep writes the whole one when it ends; run slm-ray report again then")
     summary = write_summary(folder)
     print((folder / "summary.md").read_text(encoding="utf-8"))
     print(f"wrote {', '.join(summary['files'] + summary['plots'])}")
@@ -259,6 +264,8 @@ def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problem
         status = row.get("status")
         if status == "failed":
             problems.append(f"{name}: the trial failed: {row.get('error')}")
+        elif status == "missing":
+            problems.append(f"{name}: {row.get('error')}")
         elif status != "ok":
             problems.append(f"{name}: the trial is not finished ({status}): run the sweep again to complete it")
         elif name not in recomputed:

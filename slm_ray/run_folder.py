@@ -20,7 +20,6 @@ reads its results and writes nothing.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -32,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from slm_ray.errors import SlmRayError
+from slm_ray.errors import FolderUnusable, SlmRayError, unwritable
 from slm_ray.io import atomic_write_json, atomic_write_text, read_json
 from slm_ray.results import Results
 
@@ -67,10 +66,6 @@ class BadPredictions(SlmRayError):
     """A line of predictions.jsonl that is neither valid nor a torn last line (file:line)."""
 
 
-class FolderUnusable(SlmRayError):
-    """The output folder cannot be created or written (a file in the way, read-only, full disk)."""
-
-
 # --- locking ---------------------------------------------------------------------------------------
 
 
@@ -101,13 +96,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: The setting that chooses where run and sweep folders go (named in every write fault's line).
+OUTPUT_SETTING = "experiment.output_dir"
+
+
 def _unusable(path: Path, exc: OSError) -> FolderUnusable:
-    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.EFBIG: "the file size limit is reached", errno.ENOTDIR: "a file is in the way of a folder",
-               errno.EEXIST: "a file is in the way of a folder", errno.ENAMETOOLONG: "the path is too long"}
-    why = reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-    return FolderUnusable(f"cannot write to {path}: {why} (choose another experiment.output_dir or free the space)")
+    """The one line for a fault writing the run folder (``slm_ray.errors.unwritable``)."""
+    return unwritable(path, exc, OUTPUT_SETTING) or FolderUnusable(
+        f"cannot write to {path}: {exc.strerror or type(exc).__name__} (choose another {OUTPUT_SETTING})")
 
 
 class FolderLock:
@@ -328,9 +324,12 @@ def append_prediction_lines(path: Path, lines: list[str], known: set[str] | None
         known = set(prediction_ids(complete_lines(path)))
     fresh = unseen_lines(lines, known)
     if fresh:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in fresh))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in fresh))
+        except OSError as exc:
+            raise _unusable(path.parent, exc) from None
     return known
 
 
@@ -622,7 +621,10 @@ class RunSession:
         """A finished run whose config.json is unreadable gets it back (``report --verify`` needs it)."""
         if self.folder.config() is None:
             log.warning("%s was unreadable: written again from this run's config", self.folder.file(CONFIG))
-            atomic_write_json(self.folder.file(CONFIG), self.config)
+            try:
+                atomic_write_json(self.folder.file(CONFIG), self.config)
+            except OSError as exc:
+                raise _unusable(self.path, exc) from None
 
     def _rewrite_clean(self) -> None:
         path = self.folder.file(PREDICTIONS)

@@ -87,6 +87,38 @@ def test_bad_input_is_one_clear_line(overrides: list[str], message: str) -> None
     assert "\n" not in text
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset.limit=true"], "dataset.limit=true: a boolean is not a number (valid: an integer >= 1, or null)"),
+    (["dataset.limit=false"], "dataset.limit=false: a boolean is not a number"),
+    (["model.max_new_tokens=true"], "model.max_new_tokens=true: a boolean is not a number (valid: an integer >= 1)"),
+    (["model.temperature=true"], "model.temperature=true: a boolean is not a number (valid: a number >= 0.0)"),
+    (["retriever.k=true"], "retriever.k=true: a boolean is not a number (valid: an integer >= 1 and <= 100)"),
+    (["retriever=hybrid", "retriever.bm25.k1=true"], "retriever.bm25.k1=true: a boolean is not a number"),
+    (["experiment.seed=false"], "experiment.seed=false: a boolean is not a number"),
+    (["dataset.sample=1"], "dataset.sample=1: a number is not a boolean (valid: true or false)"),
+    (["experiment.replace=0"], "experiment.replace=0: a number is not a boolean"),
+])
+def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(overrides: list[str], message: str) -> None:
+    """Issue 19: pydantic read dataset.limit=true as a limit of 1 and dataset.sample=1 as true."""
+    with pytest.raises(ConfigError) as info:
+        compose_config(overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numbers_and_booleans_where_they_belong_are_accepted() -> None:
+    cfg = compose_config(["dataset.limit=5", "model.temperature=1", "dataset.sample=true", "tracker.offline=true",
+                          "dataset.limit=null", "experiment.name=123"])
+    assert (cfg.dataset.limit, cfg.model.temperature, cfg.dataset.sample, cfg.tracker.offline) == (None, 1.0, True, True)
+    assert cfg.experiment.name == "123"  # a number is a fine name: only a boolean field refuses numbers
+
+
+def test_cli_refuses_a_boolean_limit_in_one_line(tmp_path: Path) -> None:
+    result = _cli("model=tiny_llama", "tracker=none", "dataset.limit=true", cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "dataset.limit=true" in errors[0], result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slm_ray.run", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)

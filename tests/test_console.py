@@ -16,6 +16,7 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,3 +290,42 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(sweep_env: 
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     ids = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
     assert len(ids) == limit and len(set(ids)) == limit and ids[:len(kept)] == kept
+
+
+# --- what an interrupted or dense run says (issue 19, class 5) ------------------------------------------------
+
+
+@pytest.mark.parametrize("command, patched", [
+    (["run", "--cfg", "job", "model=tiny_llama"], "slm_ray.composition.print_configs"),
+    (["run", "--cfg", "all", "model=tiny_llama"], "slm_ray.composition.print_configs"),
+    (["compare", "a", "b"], "slm_ray.compare._compare_cli"),
+])
+def test_a_command_with_no_work_to_save_stopped_by_a_signal_does_not_claim_any(
+        command: list[str], patched: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: ``--cfg`` stopped by SIGTERM said "finished work is saved; run the same command again"."""
+    from slm_ray.console import main as slm_ray_main
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the entry point's handler turns it into KeyboardInterrupt
+        time.sleep(5)
+
+    module, _, name = patched.rpartition(".")
+    monkeypatch.setattr(f"{module}.{name}", stopped)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert slm_ray_main(command) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted", err
+
+
+def test_a_dense_run_prints_no_loading_bars(tmp_path: Path, small_corpus: Path) -> None:
+    """Issue 19: ``slm-ray run retriever=dense`` printed transformers' "Loading weights" bars (with
+    their carriage returns) while loading the encoder."""
+    done = slm_ray("run", "model=tiny_llama", "retriever=dense", "experiment_mode=retriever_context",
+                   "corpus=file", f"corpus.path={small_corpus}", "dataset.limit=2", "tracker=none",
+                   f"experiment.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "\r" not in done.stderr and "it/s" not in done.stderr, done.stderr
+    assert "built dense index over 80 passages" in done.stderr

@@ -472,12 +472,13 @@ def test_a_python_list_in_a_csv_cell_is_a_list_of_answers(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("answers", [["The"], ["a", "..."], "an"])
-def test_answers_that_normalisation_empties_are_kept_with_a_warning(answers, tmp_path, caplog) -> None:
+def test_answers_that_normalisation_empties_are_kept_and_can_be_matched(answers, tmp_path) -> None:
     from slm_ray.data.files import FileDataset
+    from slm_ray.evaluation.metrics import exact_match
 
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"question": "q", "answers": ["fine"]}) + "\n"
                     + json.dumps({"question": "q2", "answers": answers}) + "\n")
-    caplog.set_level("WARNING", logger="slm_ray")
-    assert len(FileDataset("qa", str(path), {}, cache_dir=str(tmp_path)).load()) == 2
-    assert "1 example(s) have only answers that normalisation empties (e.g. 'qa-1'" in caplog.text
+    examples = FileDataset("qa", str(path), {}, cache_dir=str(tmp_path)).load()
+    assert len(examples) == 2
+    assert exact_match(examples[1].answers[0], examples[1].answers) == 1.0

@@ -63,11 +63,114 @@ def test_empty_prediction_scores_zero():
     assert match("", golds) == 0.0
 
 
-def test_empty_gold_answers_are_skipped():
-    assert token_recall("Paris", ["The", "", "Paris"]) == 1.0
+def test_blank_gold_answers_are_skipped():
+    assert token_recall("Paris", ["", "  ", "Paris"]) == 1.0
     for metric in (token_recall, exact_match, token_f1, match):
-        assert metric("the", ["The", "!"]) == 0.0
+        assert metric("the", ["", " \t"]) == 0.0
         assert metric("Paris", []) == 0.0
+
+
+# --- golds that SQuAD's normalisation empties (issue 19, class 1) ----------------------------------------
+
+SCORERS = {"token_recall": token_recall, "exact_match": exact_match, "f1": token_f1, "match": match}
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold"),
+    [
+        ("The The", "The The"),  # the band: the issue's example
+        ("the the", "The The"),
+        ("The The.", "The The"),  # a model's full stop
+        ("?", "?"),
+        ("...", "..."),
+        ("A", "A"),  # vitamin A
+        ("An", "an"),
+        ("The", "The"),
+    ],
+)
+def test_a_perfect_answer_to_a_gold_that_normalisation_empties_scores_one(prediction, gold):
+    assert {name: score(prediction, [gold]) for name, score in SCORERS.items()} == dict.fromkeys(SCORERS, 1.0)
+
+
+def test_a_gold_that_normalisation_empties_still_tells_right_from_wrong():
+    golds = ["The The"]
+    assert score_example("The The is the band that made it", golds) == {
+        "token_recall": 1.0, "exact_match": 0.0, "f1": pytest.approx(2 * (2 / 8) / (2 / 8 + 1)), "match": 1.0}
+    for wrong in ("", "Depeche Mode", "the", "a"):  # SQuAD's script gives "" and "a" EM 1 here
+        row = score_example(wrong, golds)
+        assert row["exact_match"] == row["match"] == 0.0 and row["token_recall"] <= 0.5, (wrong, row)
+    assert exact_match("Vitamin A", ["A"]) == 0.0 and match("Vitamin A.", ["A"]) == 1.0
+    assert match("the symbol ?", ["?"]) == 1.0 and match("why", ["?"]) == 0.0
+    # the lighter rule applies to that gold only: "Paris" is still compared as SQuAD does
+    assert exact_match("the Paris", ["The The", "Paris"]) == 1.0
+
+
+def test_retrieval_recall_finds_a_gold_that_normalisation_empties():
+    passages = ["Joy Division were a band.", "The The are an English band formed in 1979."]
+    assert retrieval_recall(passages, ["The The"]) == 1.0
+    assert passages_with_answer(passages, ["The The"]) == [False, True]
+    assert score_example("The The", ["The The"], passages)["retrieval_mrr"] == 0.5
+    assert retrieval_recall(["the band"], ["The The"]) == 0.0
+
+
+# SQuAD v2.0's official evaluation script (evaluate-v2.0.py), its three scoring functions verbatim
+# but for names: the reference our metrics are checked against.
+def _squad_normalize_answer(s):
+    import re
+    import string
+
+    def remove_articles(text):
+        return re.sub(re.compile(r"\b(a|an|the)\b", re.UNICODE), " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+
+def _squad_exact(a_gold, a_pred):
+    return int(_squad_normalize_answer(a_gold) == _squad_normalize_answer(a_pred))
+
+
+def _squad_f1(a_gold, a_pred):
+    import collections
+
+    gold_toks = _squad_normalize_answer(a_gold).split()
+    pred_toks = _squad_normalize_answer(a_pred).split()
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_toks)
+    recall = 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+SQUAD_PAIRS = [
+    ("Wilhelm Conrad Röntgen", "The first prize went to Wilhelm Röntgen in 1901"),
+    ("Paris", "paris."), ("Paris", ""), ("the Eiffel Tower", "Eiffel"), ("1901", "in 1901, a year"),
+    ("New New York", "york york new"), ("U.S.A.", "usa"), ("Élan — vital", "élan vital"),
+]
+
+
+@pytest.mark.parametrize(("gold", "prediction"), SQUAD_PAIRS)
+def test_golds_squad_keeps_score_exactly_as_squads_script(gold, prediction):
+    assert exact_match(prediction, [gold]) == _squad_exact(gold, prediction)
+    assert token_f1(prediction, [gold]) == pytest.approx(_squad_f1(gold, prediction))
+
+
+@pytest.mark.parametrize("gold", ["The The", "?", "A", "an", "...", "The"])
+def test_an_empty_against_empty_pair_scores_as_in_squads_script(gold):
+    """SQuAD's script gives the perfect prediction of such a gold EM 1 and F1 1 (empty against
+    empty); so do we, under the lighter normalisation."""
+    assert (_squad_exact(gold, gold), _squad_f1(gold, gold)) == (1, 1)
+    assert (exact_match(gold, [gold]), token_f1(gold, [gold])) == (1.0, 1.0)
 
 
 def test_a_bare_string_as_gold_answers_is_rejected():

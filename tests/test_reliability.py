@@ -5,7 +5,6 @@ killed under concurrent callers, a 24-trial sweep, and the shared retriever unde
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading

@@ -1,5 +1,6 @@
-"""Secrets planted in the environment never reach a file: outputs, Tune's folders, the ClearML
-offline sessions (inside their zips), and the logs of the Ray session the sweep started."""
+"""Secrets planted in the environment or given in a sweep file's overrides never reach a file:
+outputs, Tune's folders, the ClearML offline sessions (inside their zips), and the logs of the Ray
+session the sweep started."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKEPLANTED7Q2X",
     "AWS_SECRET_ACCESS_KEY": "planted/aws+secret-9f8e7d6c5b4a3",
     "CLEARML_API_SECRET_KEY": "planted-clearml-secret-0a1b2c3d",
+    "HF_TOKEN": "hf_plantedEnvironmentToken0123",
 }
+#: Given in the sweep file's overrides (issue 19: it was written in clear into sweep.json and each
+#: trial's inputs.json).
+OVERRIDE_SECRET = "hf_plantedOverrideToken4567"
+
+
+def _all_secrets() -> dict[str, str]:
+    return {**SECRETS, "+model.chat_template_kwargs.hf_token": OVERRIDE_SECRET}
 
 
 def _leaks(path: Path, data: bytes, found: list[str]) -> None:
-    for name, value in SECRETS.items():
+    for name, value in _all_secrets().items():
         if value.encode() in data:
             found.append(f"{name} in {path}")
 
@@ -52,11 +61,11 @@ def test_planted_secrets_are_written_nowhere(sweep_env: Path, sweep_cache_dir: P
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     started = time.time()
-    sweep = sweep_env / "secrets.yaml"
+    sweep = sweep_env.parent / f"{sweep_env.name}-secrets.yaml"  # the user's own file holds the secret: not scanned
     sweep.write_text(f"""
 name: secrets
 overrides: [dataset.limit=3, tracker=clearml, tracker.offline=true, "experiment.cache_dir={sweep_cache_dir}",
-            experiment.bootstrap_resamples=50]
+            experiment.bootstrap_resamples=50, "+model.chat_template_kwargs.hf_token={OVERRIDE_SECRET}"]
 grid:
   model: [tiny_llama, tiny_qwen3]
   experiment_mode: [no_context]
@@ -66,6 +75,7 @@ max_concurrent_trials: 2
     assert not ray.is_initialized()
     record = run_sweep(load_sweep(sweep), dashboard=False)
     assert record["trials_outcome"] == {"ok": 2, "failed": 0, "not_run": 0}
+    assert "hf_token" in (sweep_env / "outputs" / "sweeps" / "secrets" / "sweep.json").read_text()
     zips = list((sweep_env / "clearml").rglob("*.zip"))
     assert len(zips) == 2  # one offline session per trial, scanned inside
     found: list[str] = []

@@ -203,6 +203,41 @@ def test_bad_sweep_files_are_refused(tmp_path: Path, text: str, message: str) ->
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("grid:\n  model: [tiny_llama]\n  experiment_mode: [no_context]\n  model: [tiny_qwen3]\n",
+     "line 4: key 'model' is given twice in one mapping (first on line 2)"),
+    ("name: a\ngrid: {model: [tiny_llama]}\nname: b\n", "line 3: key 'name' is given twice"),
+    ("grid: {model: [tiny_llama, tiny_qwen3], model.temperature: [0.0, 0.5]}\n"
+     "exclude:\n  - {model: [tiny_llama], model: [tiny_qwen3]}\n", "line 3: key 'model' is given twice"),
+    ("grid: {model: [tiny_llama]}\nresources: {cpus: 1, cpus: 2}\n", "key 'cpus' is given twice"),
+    ("grid: {model: [tiny_llama], dataset.limit: [true]}\n", "dataset.limit=true: a boolean is not a number"),
+    ("grid: {model: [tiny_llama]}\noverrides: [dataset.sample=1]\n", "dataset.sample=1: a number is not a boolean"),
+])
+def test_a_duplicate_key_or_a_mistyped_value_in_a_sweep_file_is_refused(tmp_path: Path, text: str,
+                                                                        message: str) -> None:
+    """Issue 19: PyYAML kept the last of two keys (a grid axis lost its values without a word)."""
+    path = _sweep(tmp_path, text)
+    with pytest.raises(SweepError) as info:
+        load_sweep(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_duplicate_axis_stops_the_sweep_command_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _sweep(tmp_path, "grid:\n  model: [tiny_llama]\n  model: [tiny_qwen3]\n")
+    assert sweep_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "key 'model' is given twice" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, "resources: &r {cpus: 1, gpus: 0}\nretriever_resources:\n  <<: *r\n  cpus: 0\n"
+                            "grid: {model: [tiny_llama]}\n")
+    assert load_sweep(path).retriever_resources.as_dict() == {"cpus": 0.0, "gpus": 0.0}
+
+
 def test_cli_overrides_must_not_touch_axes_or_reserved_keys(tmp_path: Path) -> None:
     path = _sweep(tmp_path, "grid: {model: [tiny_llama]}\n")
     with pytest.raises(SweepError, match="sets model, which is a grid axis"):

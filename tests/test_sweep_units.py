@@ -211,3 +211,75 @@ def test_an_edited_cached_retrieval_is_dropped_and_searched_again(tmp_path: Path
     assert second.retrieve(["who wrote the song", "where is the capital"], 2) == hits
     assert second.queries_searched == 1 and second.queries_from_cache == 1
     second.monitor.stop()
+
+
+# --- report: a running sweep, a trial folder deleted by hand (issue 19, class 5) ----------------------------
+
+
+@pytest.fixture
+def two_trial_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_cache_dir: Path) -> tuple[Path, Any]:
+    """A sweep of two tiny trials, both run (directly, without Ray) and summarised once."""
+    from slm_ray.io import atomic_write_json
+    from slm_ray.sweeps.summary import write_summary
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""
+name: two
+overrides: [dataset.limit=2, tracker=none, "experiment.cache_dir={sweep_cache_dir}", experiment.bootstrap_resamples=20]
+grid:
+  model: [tiny_llama]
+  model.temperature: [0.0, 0.5]
+""")
+    plan = load_sweep(sweep)
+    for trial in plan.trials:
+        _run_tiny(trial, sweep_cache_dir)
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "two"
+    atomic_write_json(sweep_dir / "sweep.json", plan.to_json())
+    write_summary(sweep_dir)
+    return sweep_dir, plan
+
+
+def test_report_refuses_a_sweep_that_is_running_and_writes_nothing(two_trial_sweep, capsys) -> None:
+    """Issue 19: report wrote a summary into a running sweep (the driver holds the sweep folder's lock)."""
+    from slm_ray.report import main as report_main
+    from slm_ray.run_folder import FolderLock
+
+    sweep_dir, _ = two_trial_sweep
+    before = {p.name: p.read_bytes() for p in sweep_dir.iterdir() if p.is_file()}
+    lock = FolderLock(sweep_dir, "sweep").acquire()
+    try:
+        (sweep_dir / "summary.md").unlink()
+        assert report_main([str(sweep_dir)]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "is a sweep that is running (pid" in lines[0] and "partial" in lines[0], err
+        assert not (sweep_dir / "summary.md").exists()
+    finally:
+        lock.release()
+    assert report_main([str(sweep_dir)]) == 0  # once it has ended, the summary is written
+    assert (sweep_dir / "summary.md").is_file() and (sweep_dir / "summary.json").read_bytes() == before["summary.json"]
+
+
+def test_a_trial_folder_deleted_by_hand_is_missing_not_pending(two_trial_sweep, capsys) -> None:
+    """Issue 19: the summary called a deleted trial "pending", as if the sweep had not reached it."""
+    import shutil
+
+    from slm_ray.report import main as report_main
+    from slm_ray.sweeps.summary import write_summary
+
+    sweep_dir, plan = two_trial_sweep
+    gone, kept = plan.trials
+    shutil.rmtree(sweep_dir / "trials" / gone.name)
+    assert report_main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {gone.name} |" in out and "missing: its folder" in out and "pending" not in out
+    rows = {r["trial"]: r for r in json.loads((sweep_dir / "summary.json").read_text())["trials"]}
+    assert rows[gone.name]["status"] == "missing" and rows[kept.name]["status"] == "ok"
+    assert json.loads((sweep_dir / "summary.json").read_text())["counts"] == {"ok": 1, "missing": 1}
+    assert write_summary(sweep_dir)["counts"] == {"ok": 1, "missing": 1}  # still missing at the next report
+    assert report_main(["--verify", str(sweep_dir)]) == 1
+    assert f"MISMATCH {gone.name}: its folder" in capsys.readouterr().err
+    # a trial the sweep never reached has no folder either, and stays pending
+    (sweep_dir / "summary.json").unlink()
+    assert {r["trial"]: r["status"] for r in write_summary(sweep_dir)["rows"]}[gone.name] == "pending"

@@ -38,17 +38,6 @@ class QAExample:
     gold_passages: tuple[Passage, ...] = field(default=())
 
 
-def _warn_unmatchable(name: str, examples: list[QAExample]) -> None:
-    """Say how many examples no prediction can ever match: every gold answer is emptied by the
-    metrics' normalisation ("The", "...", or "A" as in vitamin A, an article to SQuAD's rules)."""
-    from slm_ray.evaluation.metrics import normalize_answer
-
-    empty = [e for e in examples if not any(normalize_answer(a) for a in e.answers)]
-    if empty:
-        log.warning("dataset %s: %d example(s) have only answers that normalisation empties (e.g. %r: %r), "
-                    "so every metric is 0 for them", name, len(empty), empty[0].id, list(empty[0].answers))
-
-
 class BaseDataset(ABC):
     """A QA dataset. Subclasses read one source, checking each row as they go (slm_ray.data.checks);
     limiting and sampling live here, once."""
@@ -115,7 +104,6 @@ class BaseDataset(ABC):
             if self.limit is not None and self.limit < len(examples):
                 chosen = sorted(random.Random(self.seed).sample(range(len(examples)), self.limit))
                 examples = [examples[i] for i in chosen]
-        _warn_unmatchable(self.name, examples)
         log.info("dataset %s: %d examples from %s", self.name, len(examples),
                  "the packaged file" if self.path == "builtin" else self.path, extra=FILE_ONLY)
         return examples

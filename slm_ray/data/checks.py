@@ -13,9 +13,9 @@ Answers, the same for every dataset:
   counts are common gold answers and a JSON writer may well leave them unquoted;
 * a list (JSON array, Parquet list) holds strings or numbers; blank strings in it are ignored;
 * refused: null (NaN), booleans, objects, a list holding null, booleans, objects or lists, and
-  anything that leaves no answer (an empty list or string, a list of blanks). Answers that the
-  metrics' normalisation empties ("The", "...", but also "A", as in vitamin A) are kept, and
-  ``BaseDataset.load`` warns how many examples can never be matched.
+  anything that leaves no answer (an empty list or string, a list of blanks). Answers that SQuAD's
+  normalisation empties ("The The", "...", but also "A", as in vitamin A) are kept: the metrics
+  compare them under a lighter normalisation (``slm_ray.evaluation.metrics.NORMALISATIONS``).
 """
 
 from __future__ import annotations

@@ -243,8 +243,11 @@ def _storage_errors(client: Any, obj: _S3Object, cache_dir: Path) -> Iterator[No
         ) from exc
     except BotoCoreError as exc:  # read timeouts, streams cut mid-way
         raise StorageError(_redact(f"download of {obj.uri} from {endpoint} failed: {exc}")) from exc
-    except OSError as exc:  # cache folder not writable, disk full
-        raise StorageError(f"cannot download {obj.uri} into {cache_dir}: {exc}") from exc
+    except OSError as exc:  # cache folder not writable, disk full: the one line for write faults
+        from slm_ray.errors import unwritable
+
+        raise (unwritable(cache_dir, exc, "experiment.cache_dir")
+               or StorageError(f"cannot download {obj.uri} into {cache_dir}: {exc}")) from exc
 
 
 def _client_error_message(client: Any, obj: _S3Object, exc: Any) -> str:
@@ -280,6 +283,6 @@ def _bucket_exists(client: Any, bucket: str) -> bool:
 
 def _redact(message: str) -> str:
     """Messages quote endpoints and server text; make sure no secret from the environment leaks."""
-    from slm_ray.tracking.base import redact_env_secrets
+    from slm_ray.redaction import redact
 
-    return redact_env_secrets(message)
+    return redact(message)

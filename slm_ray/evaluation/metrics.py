@@ -5,9 +5,12 @@ comparable with the literature. The headline metric is ``token_recall``: small m
 answer in a full sentence ("The prize went to Wilhelm Röntgen"), which exact match and F1 punish
 for verbosity although the answer is there; recall asks only whether the gold tokens were said.
 
-A gold answer that normalises to nothing (e.g. "The") carries no information, so every metric
-skips it; when no usable gold answer is left every metric scores 0.0. This differs from the SQuAD
-script only there (it would give an empty prediction EM 1.0 against such a gold).
+A gold answer that SQuAD's normalisation empties ("The The", a band; "A", a vitamin; "?") is
+compared under the strongest lighter normalisation that leaves it something (``NORMALISATIONS``):
+SQuAD's without dropping articles, then case and whitespace only; the prediction is normalised the
+same way for that gold. So the perfect answer scores 1.0 on every metric, as SQuAD's script scores
+an empty-against-empty pair (EM 1, F1 1), while an empty or unrelated prediction does not (the script
+would give "" or "a" EM 1 against "The The"). Golds SQuAD leaves non-empty score exactly as there.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,13 +41,47 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def _normalized_golds(gold_answers: Sequence[str]) -> list[str]:
-    """Normalised, non-empty gold answers; rejects a bare string, whose characters would be
-    silently taken as one-letter gold answers."""
+def _keep_articles(text: str) -> str:
+    """SQuAD's normalisation without dropping a/an/the: for golds that are only articles ("The The")."""
+    return " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
+
+
+def _case_and_space(text: str) -> str:
+    """Case and whitespace only: for golds that are only punctuation ("?", "...")."""
+    return " ".join(text.lower().split())
+
+
+#: Strongest first: each gold answer is compared under the first one that leaves it non-empty.
+NORMALISATIONS: tuple[Callable[[str], str], ...] = (normalize_answer, _keep_articles, _case_and_space)
+
+
+def _normalized_golds(gold_answers: Sequence[str]) -> list[tuple[Callable[[str], str], str]]:
+    """(normalisation, normalised gold) for every gold with something left under one of
+    ``NORMALISATIONS``; rejects a bare string, whose characters would be taken as one-letter golds."""
     if isinstance(gold_answers, str):
         raise TypeError("gold_answers must be a sequence of strings, not a single string")
-    normalized = (normalize_answer(gold) for gold in gold_answers)
-    return [gold for gold in normalized if gold]
+    golds = []
+    for gold in gold_answers:
+        for normalise in NORMALISATIONS:
+            normalized = normalise(gold)
+            if normalized:
+                golds.append((normalise, normalized))
+                break
+    return golds
+
+
+class _Normalised:
+    """A text under each normalisation, computed once when first asked for (a passage is scanned
+    for every gold answer)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._forms: dict[Callable[[str], str], str] = {}
+
+    def __call__(self, normalise: Callable[[str], str]) -> str:
+        if normalise not in self._forms:
+            self._forms[normalise] = normalise(self.text)
+        return self._forms[normalise]
 
 
 def _contains_phrase(haystack: str, phrase: str) -> bool:
@@ -59,19 +96,19 @@ def token_recall(prediction: str, gold_answers: Sequence[str]) -> float:
     Verbose but correct answers score 1.0, which is why this is the headline metric; counting
     with multiplicity means gold "New New York" needs "new" twice.
     """
-    predicted = Counter(normalize_answer(prediction).split())
+    predicted = _Normalised(prediction)
     best = 0.0
-    for gold in _normalized_golds(gold_answers):
+    for normalise, gold in _normalized_golds(gold_answers):
         gold_tokens = Counter(gold.split())
-        overlap = sum((predicted & gold_tokens).values())
+        overlap = sum((Counter(predicted(normalise).split()) & gold_tokens).values())
         best = max(best, overlap / sum(gold_tokens.values()))
     return best
 
 
 def exact_match(prediction: str, gold_answers: Sequence[str]) -> float:
     """1.0 if the normalised prediction equals some normalised gold answer, else 0.0."""
-    predicted = normalize_answer(prediction)
-    return float(any(predicted == gold for gold in _normalized_golds(gold_answers)))
+    predicted = _Normalised(prediction)
+    return float(any(predicted(normalise) == gold for normalise, gold in _normalized_golds(gold_answers)))
 
 
 def _f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -86,9 +123,9 @@ def _f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
 
 def token_f1(prediction: str, gold_answers: Sequence[str]) -> float:
     """SQuAD token F1, best gold; reported for comparability, it penalises verbose answers."""
-    predicted_tokens = normalize_answer(prediction).split()
-    golds = _normalized_golds(gold_answers)
-    return max((_f1(predicted_tokens, gold.split()) for gold in golds), default=0.0)
+    predicted = _Normalised(prediction)
+    return max((_f1(predicted(normalise).split(), gold.split()) for normalise, gold in _normalized_golds(gold_answers)),
+               default=0.0)
 
 
 def match(prediction: str, gold_answers: Sequence[str]) -> float:
@@ -97,8 +134,9 @@ def match(prediction: str, gold_answers: Sequence[str]) -> float:
     Stricter than token recall (the gold tokens must be contiguous and in order), looser than
     exact match (extra words around the answer are allowed).
     """
-    predicted = normalize_answer(prediction)
-    return float(any(_contains_phrase(predicted, gold) for gold in _normalized_golds(gold_answers)))
+    predicted = _Normalised(prediction)
+    golds = _normalized_golds(gold_answers)
+    return float(any(_contains_phrase(predicted(normalise), gold) for normalise, gold in golds))
 
 
 def passages_with_answer(passage_texts: Sequence[str], gold_answers: Sequence[str]) -> list[bool]:
@@ -107,8 +145,8 @@ def passages_with_answer(passage_texts: Sequence[str], gold_answers: Sequence[st
     golds = _normalized_golds(gold_answers)
     found = []
     for text in passage_texts:
-        passage = normalize_answer(text)
-        found.append(any(_contains_phrase(passage, gold) for gold in golds))
+        passage = _Normalised(text)
+        found.append(any(_contains_phrase(passage(normalise), gold) for normalise, gold in golds))
     return found
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from slm_ray.errors import ConfigError
 from slm_ray.logs import STEP
@@ -109,10 +110,26 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
     else:
         location = cfg.path
     tokenizer = AutoTokenizer.from_pretrained(location)
-    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    with without_loading_bars():
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     if quant is None:
         model = model.to(device)
     return tokenizer, model.eval(), device
+
+
+@contextmanager
+def without_loading_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a model or encoder loads: a run says what it
+    loads in its own log lines, and a bar's carriage returns garble the console and the logs."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def prepare_local_copy(cfg: Any, cache_dir: str | Path) -> bool:
@@ -151,7 +168,8 @@ def _dequantise(folder: Path, gguf_file: str, dtype: Any, staging: Path) -> None
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     # GGUF tensors dequantise to float32; rounding them to ``dtype`` once here gives the same
     # weights as a float32 copy cast at every load, at half the size for bf16.
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).to(dtype)
+    with without_loading_bars():
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).to(dtype)
     # The weights are plain tensors once dequantised; drop the GGUF marker that blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Sequence
 
-from slm_ray.errors import PreflightError
+from slm_ray.errors import PreflightError, unwritable
 
 
 def check_run(configs: Sequence[Any]) -> None:
@@ -21,7 +21,9 @@ def check_run(configs: Sequence[Any]) -> None:
 
 
 def folder_problems(configs: Iterable[Any]) -> list[str]:
-    """``experiment.output_dir`` / ``cache_dir`` (or a folder above them) that is a file."""
+    """``experiment.output_dir`` / ``cache_dir`` (or a folder above them) that is a file, or that
+    cannot be written (a read-only file system, no permission): the run would fail at its first
+    write, after the model load, or a sweep's trials one by one on Ray."""
     from pathlib import Path
 
     problems = []
@@ -31,8 +33,22 @@ def folder_problems(configs: Iterable[Any]) -> list[str]:
                 if folder.exists():
                     if not folder.is_dir():
                         problems.append(f"experiment.{key}={value!r}: {folder} is a file, not a folder")
+                    elif (fault := _write_fault(folder)) is not None:
+                        problems.append(f"experiment.{key}={value!r}: {unwritable(folder, fault, f'experiment.{key}')}")
                     break
     return problems
+
+
+def _write_fault(folder: Any) -> OSError | None:
+    """Why nothing can be written in ``folder`` (read-only file system, no permission), without
+    writing anything; None when it can be written."""
+    import errno
+
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+    return None
 
 
 def check_sweep(plan: Any, address: str | None) -> None:

@@ -2,8 +2,9 @@
 
 One row per trial, read from ``trials/<name>/results.json`` (what the experiment measured),
 ``trials/<name>/trial.json`` (where it ran, or why it failed) and ``sweep.json`` (the plan: trials
-that never ran show as pending). The retriever's memory is the shared actor's, from
-``sweep_stats.json`` when the sweep engine wrote it, else from the trial's retriever_info.
+that never ran show as pending; a trial whose folder was deleted since the previous summary, as
+missing). The retriever's memory is the shared actor's, from ``sweep_stats.json`` when the sweep
+engine wrote it, else from the trial's retriever_info.
 
 The paired section answers the sweep's question on the same questions: for each model and dataset
 (and any other grid setting), the gold passage against closed book, each retrieval setting against
@@ -23,7 +24,8 @@ from typing import Any
 from slm_ray.config import EXPERIMENT_MODES
 from slm_ray.io import atomic_write_json, atomic_write_text, read_json
 from slm_ray.results import peak_gpu
-from slm_ray.run_folder import REPLACED_MARK, RESULTS, RunFolder
+from slm_ray.errors import writes_to
+from slm_ray.run_folder import OUTPUT_SETTING, REPLACED_MARK, RESULTS, RunFolder
 from slm_ray.sweep_folder import PLAN, STATS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, TRIAL_RECORD, TRIALS
 
 log = logging.getLogger("slm_ray.sweep")
@@ -42,6 +44,8 @@ PLOTS = ("token_recall.png", "memory.png", "throughput.png")
 RECALL_VS_K_PLOT = "recall_vs_k.png"
 #: Metrics of the paired table in summary.md (summary.json holds every metric of the predictions).
 PAIRED_TABLE_METRICS = ("token_recall", "match")
+#: A trial whose folder was there at the previous summary and is gone now (deleted by hand).
+MISSING = "missing"
 #: Grid axes that say which model, dataset or mode a trial is (the rest group or label trials).
 _IDENTITY_AXES = frozenset({"model", "model.name", "dataset", "dataset.name", "experiment_mode"})
 
@@ -64,13 +68,15 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     stats = read_json(sweep_dir / STATS)
     shared_memory = _retriever_memory(stats)
     planned = {t["name"]: t for t in plan.get("trials", [])}
+    earlier = {r.get("trial"): r.get("status") for r in (read_json(sweep_dir / SUMMARY_JSON) or {}).get("trials", [])
+               if isinstance(r, dict)}
     trials_dir = sweep_dir / TRIALS
     names = list(planned)
     if trials_dir.is_dir():
         names += sorted(p.name for p in trials_dir.iterdir() if p.is_dir() and p.name not in planned
                         and REPLACED_MARK not in p.name
                         and ((p / RESULTS).is_file() or (p / TRIAL_RECORD).is_file()))
-    rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory) for name in names]
+    rows = [_row(name, planned.get(name, {}), trials_dir / name, shared_memory, earlier.get(name)) for name in names]
     models: dict[Any, int] = {}
     datasets: dict[Any, int] = {}
     for row in rows:
@@ -81,7 +87,10 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
                                          str(row["retriever"]), row["k"] or 0))
 
 
-def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[str, dict[str, Any]],
+         earlier: str | None = None) -> dict[str, Any]:
+    """The trial's summary row; ``earlier``: its status in the previous summary, which tells a folder
+    deleted by hand (``missing``) from one never made (``pending``)."""
     run = RunFolder(folder)
     results = run.results()
     record = read_json(folder / TRIAL_RECORD) or {}
@@ -101,6 +110,8 @@ def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[s
                    retriever_peak_gpu_mb=peak_gpu(retriever_memory), status="ok", error=None)
     elif record.get("status") == "failed":  # its last attempt failed, whatever files are in its folder
         row.update(status="failed", error=record.get("error"))
+    elif not folder.is_dir() and earlier not in (None, "pending"):
+        row.update(status=MISSING, error=f"its folder {folder} is gone (it was {earlier}): run the sweep again")
     else:
         done = run.count_predictions()
         row.update(status=f"incomplete ({done} predictions)" if done else "pending", n_examples=done or None)
@@ -108,13 +119,18 @@ def _row(name: str, planned: dict[str, Any], folder: Path, shared_memory: dict[s
 
 
 def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write summary.csv, summary.json, summary.md and the plots; returns paths and status counts."""
-    sweep_dir = Path(sweep_dir)
+    """Write summary.csv, summary.json, summary.md and the plots; returns paths and status counts.
+    A fault writing them (full disk, read-only) is one line naming the folder (``FolderUnusable``)."""
+    with writes_to(sweep_dir, OUTPUT_SETTING):
+        return _write_summary(Path(sweep_dir))
+
+
+def _write_summary(sweep_dir: Path) -> dict[str, Any]:
     rows = collect_rows(sweep_dir)
     plan = read_json(sweep_dir / PLAN) or {}
     counts: dict[str, int] = {}
     for row in rows:
-        status = row["status"] if row["status"] in ("ok", "failed", "pending") else "incomplete"
+        status = row["status"] if row["status"] in ("ok", "failed", "pending", MISSING) else "incomplete"
         counts[status] = counts.get(status, 0) + 1
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
@@ -180,7 +196,7 @@ def render_markdown(name: str, description: str | None, rows: list[dict[str, Any
         recall = ""
         if r["token_recall"] is not None:
             recall = f"{r['token_recall']:.3f} [{r['token_recall_ci_low']:.3f}, {r['token_recall_ci_high']:.3f}]"
-        status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+        status = r["status"] if r["status"] not in ("failed", MISSING) else f"{r['status']}: {r['error']}"
         cells = [r["trial"], r["model"], r["dataset"], r["mode"], r["retriever"], r["k"], r["n_examples"], recall,
                  _fmt(r["exact_match"]), _fmt(r["f1"]), _fmt(r["match"]), _fmt(r["retrieval_recall"]),
                  _fmt(r["examples_per_second"], 2), _fmt(r["model_load_seconds"], 1), _fmt(r["model_peak_rss_mb"], 0),

@@ -86,9 +86,11 @@ class DenseRetriever(BaseRetriever):
             from sentence_transformers import SentenceTransformer
 
             from slm_ray.generation.dtypes import torch_dtype
+            from slm_ray.generation.sources import without_loading_bars
 
-            self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device(),
-                                                model_kwargs={"torch_dtype": torch_dtype(self.dtype)})
+            with without_loading_bars():
+                self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device(),
+                                                    model_kwargs={"torch_dtype": torch_dtype(self.dtype)})
         return self._encoder.encode(texts, batch_size=self.config.encode_batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=show_progress).astype("float32")
 

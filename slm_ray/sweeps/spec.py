@@ -38,6 +38,7 @@ from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
 from slm_ray.fingerprints import stable_hash
 from slm_ray.names import RULE, name_problem, safe_name
+from slm_ray.redaction import config_secrets, is_secret_key, override_key
 
 TOP_LEVEL_KEYS = ("name", "description", "overrides", "grid", "exclude", "resources", "retriever_resources",
                   "max_concurrent_trials", "max_failures")
@@ -106,7 +107,18 @@ class Trial:
 
         return service_key(self.config)
 
-    def describe(self) -> dict[str, Any]:
+    def secrets(self) -> set[str]:
+        """The secrets this trial's config and overrides hold (``slm_ray.redaction``)."""
+        from slm_ray.redaction import override_secrets
+
+        return config_secrets(self.config.model_dump(by_alias=True)) | override_secrets(self.overrides)
+
+    def describe(self, known: set[str] | None = None) -> dict[str, Any]:
+        """The trial as recorded (sweep.json, a trial record): every secret masked. ``known``: the
+        plan's secrets, when the caller has them already."""
+        from slm_ray.redaction import mask_override, mask_secrets
+
+        known = self.secrets() if known is None else known
         cfg = self.config
         return {
             "index": self.index,
@@ -116,8 +128,8 @@ class Trial:
             "experiment_mode": cfg.experiment_mode,
             "retriever": cfg.retriever.name if self.uses_retriever else None,
             "k": cfg.retriever.k if self.uses_retriever else None,
-            "axes": self.axes,
-            "overrides": list(self.overrides),
+            "axes": mask_secrets(self.axes, known),
+            "overrides": [mask_override(o, known) for o in self.overrides],
             "answer_settings": self.answer_settings_hash,
         }
 
@@ -150,31 +162,43 @@ class SweepPlan:
     def trials_dir(self) -> Path:
         return self.sweep_dir / "trials"
 
+    def secrets(self) -> set[str]:
+        """Every secret of the plan: in the trials' configs and in the overrides."""
+        return set().union(*(t.secrets() for t in self.trials))
+
     def to_json(self) -> dict[str, Any]:
+        """The plan as sweep.json records it: every secret masked (``slm_ray.redaction``)."""
+        from slm_ray.redaction import mask_override, mask_secrets
+
+        known = self.secrets()
         return {
             "name": self.name,
             "source": self.source,
             "description": self.description,
-            "overrides": list(self.overrides),
-            "cli_overrides": list(self.cli_overrides),
-            "grid": self.grid,
+            "overrides": [mask_override(o, known) for o in self.overrides],
+            "cli_overrides": [mask_override(o, known) for o in self.cli_overrides],
+            "grid": mask_secrets(self.grid, known),
             "resources": self.resources.as_dict(),
             "retriever_resources": self.retriever_resources.as_dict(),
             "max_concurrent_trials": self.max_concurrent_trials,
             "max_failures": self.max_failures,
             "sweep_dir": str(self.sweep_dir),
-            "trials": [t.describe() for t in self.trials],
+            "trials": [t.describe(known) for t in self.trials],
         }
 
     def render(self) -> str:
-        """The plan as text: one line per trial with the overrides that reproduce it alone."""
+        """The plan as text: one line per trial with the overrides that reproduce it alone (a secret
+        as ``***``: give it again as the sweep file does)."""
+        from slm_ray.composition import user_config_dirs
+        from slm_ray.redaction import mask_override
+
+        known = self.secrets()
         lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir}"]
         width = max(len(t.name) for t in self.trials)
-        from slm_ray.composition import user_config_dirs
-
         folders = "".join(f"--config-dir {folder} " for folder in user_config_dirs())
         for t in self.trials:
-            lines.append(f"  {t.index + 1:>3}  {t.name:<{width}}  slm-ray run {folders}{' '.join(t.overrides)}")
+            overrides = " ".join(mask_override(o, known) for o in t.overrides)
+            lines.append(f"  {t.index + 1:>3}  {t.name:<{width}}  slm-ray run {folders}{overrides}")
         return "\n".join(lines)
 
 
@@ -198,11 +222,6 @@ def hydra_value(value: Any) -> str:
 
 def is_retrieval_axis(axis: str) -> bool:
     return axis.split(".")[0] in RETRIEVAL_GROUPS
-
-
-def override_key(override: str) -> str:
-    """The key an override sets: ``model`` for ``model=x``, ``dataset.limit`` for ``++dataset.limit=5``."""
-    return override.split("=", 1)[0].lstrip("+~").strip()
 
 
 def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | None = None) -> SweepPlan:
@@ -317,6 +336,9 @@ def trial_name_for(cfg: ExperimentConfig, combo: dict[str, Any], short_paths: bo
     for axis, value in combo.items():
         if axis in NAMED_AXES:
             continue
+        if is_secret_key(axis) or config_secrets(value):
+            parts.append(f"{axis}=secret{stable_hash(value, 6)}")  # a folder name is no place for a secret
+            continue
         text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         if short_paths and isinstance(value, str) and ("/" in text or "\\" in text):
             text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or text
@@ -347,13 +369,41 @@ def _order(staged: list[tuple]) -> list[tuple]:
     return [item for _, item in sorted(enumerate(staged), key=key)]
 
 
+class _DuplicateKey(Exception):
+    """A mapping of a sweep file that names one key twice (PyYAML would keep the last silently)."""
+
+
+def _strict_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping: a second ``grid.model``
+    would replace the first, and the trials of its values would vanish without a word."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, then keys overriding it
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(f"line {line}: key {key!r} is given twice in one mapping (first on line "
+                                        f"{seen[key]}): YAML would keep only the last; merge them into one")
+                seen.setdefault(key, line)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_loader())  # noqa: S506 - a safe loader
+    except _DuplicateKey as exc:
+        raise SweepError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -501,4 +551,7 @@ def _expand(grid: dict[str, list[Any]], rules: list[dict[str, list[Any]]], defau
 
 
 def _describe_combo(combo: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in combo.items()) or "no axes"
+    """``model=x, retriever.k=3`` for a message; a secret axis value as ``***``."""
+    from slm_ray.redaction import mask_secrets
+
+    return ", ".join(f"{k}={v}" for k, v in mask_secrets(combo, config_secrets(combo)).items()) or "no axes"
