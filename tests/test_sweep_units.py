@@ -220,7 +220,7 @@ def test_an_edited_cached_retrieval_is_dropped_and_searched_again(tmp_path: Path
 def two_trial_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_cache_dir: Path) -> tuple[Path, Any]:
     """A sweep of two tiny trials, both run (directly, without Ray) and summarised once."""
     from slm_ray.io import atomic_write_json
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "s.yaml"
@@ -266,7 +266,7 @@ def test_a_trial_folder_deleted_by_hand_is_missing_not_pending(two_trial_sweep, 
     import shutil
 
     from slm_ray.report import main as report_main
-    from slm_ray.sweeps.summary import write_summary
+    from slm_ray.reporting.summary import write_summary
 
     sweep_dir, plan = two_trial_sweep
     gone, kept = plan.trials

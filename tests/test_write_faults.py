@@ -203,3 +203,19 @@ def test_report_into_a_full_sweep_folder_is_one_line(tmp_path: Path, tmpfs) -> N
     line = _one_error(_slm_ray("report", str(sweep), cwd=tmp_path))
     assert line.startswith(f"error: cannot write to {sweep}: the disk is full"), line
     assert "experiment.output_dir" in line
+
+
+def test_a_sweep_whose_output_disk_fills_mid_run_ends_with_one_line(tmp_path: Path, shared_cache: Path,
+                                                                    tmpfs) -> None:
+    """The trial's write fails on the full disk: Tune stops the sweep (every trial would fail the same
+    way), the driver ends with the trial's one line, exit 2, and every whole answer is kept."""
+    full = tmpfs("out", "size=512k")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: fills\noverrides: [dataset.limit=2000, model.batch_size=8, tracker=none, "
+                     f"'experiment.cache_dir={shared_cache}', 'experiment.output_dir={full}', "
+                     "experiment.bootstrap_resamples=20]\ngrid: {model: [tiny_llama]}\n")
+    done = _slm_ray("sweep", str(sweep), cwd=tmp_path, timeout=600)
+    line = _one_error(done)
+    assert line.startswith(f"error: cannot write to {full}") and "the disk is full" in line, line
+    kept = read_predictions(full / "sweeps" / "fills" / "trials" / "tiny_llama-nq-no_context" / PREDICTIONS)
+    assert 0 < len(kept) < 2000 and len({r["id"] for r in kept}) == len(kept)

@@ -35,6 +35,8 @@ RETRIEVER_RESTARTS = {"max_restarts": 3, "max_task_retries": 3}
 #: Attempts (and the pause between them) of a client call to an actor that is restarting.
 CLIENT_ATTEMPTS = 5
 CLIENT_RETRY_SECONDS = 1.0
+#: The setting that chose the folder of the answer cache (named in a write fault's one line).
+CACHE_SETTING = "experiment.cache_dir"
 
 
 def service_key(cfg: Any) -> str:
@@ -172,19 +174,25 @@ class RetrieverService:
             if dropped:
                 log.warning("retriever %s: dropped %d damaged cached answer(s) in %s; they are searched again",
                             self.key, dropped, path)
-            atomic_write_text(path, "".join(_cache_line(q, h) for q, h in rows.items()))
+            from slm_ray.errors import writes_to
+
+            with writes_to(path.parent, CACHE_SETTING):
+                atomic_write_text(path, "".join(_cache_line(q, h) for q, h in rows.items()))
         log.info("retriever %s: %d cached answers for k=%d in %s", self.key, len(rows), k, path)
         return rows
 
     def _append_cache(self, k: int, rows: dict[str, list[tuple[int, float]]]) -> None:
         """Append whole lines in one write: a crash leaves at most one torn line, dropped on read."""
+        from slm_ray.errors import writes_to
+
         path = self._cache_path(k)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(_cache_line(q, h) for q, h in rows.items())
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with writes_to(path.parent, CACHE_SETTING):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     # -- reporting -----------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ def _stamp() -> str:
 class SweepConsole:
     """The driver's console and sweep.log for one sweep run."""
 
-    def __init__(self, live: bool | None = None):
+    def __init__(self, live: bool | None = None, secrets: set[str] | None = None):
+        self.write_fault: str | None = None  # the one line of a write fault under the sweep folder
+        self.secrets = set(secrets or ())  # masked in every line, with the environment's (slm_ray.redaction)
         self.live = sys.stderr.isatty() if live is None else live
         self.pending: list[str] = []  # lines before sweep.log can be written (the folder may not exist yet)
         self.file: IO[str] | None = None
@@ -44,26 +46,44 @@ class SweepConsole:
 
     def attach_file(self, path: Path) -> None:
         """Start writing sweep.log (appending: a resumed sweep keeps the earlier runs' lines)."""
-        if self.file is None:
-            self.file = open(path, "a", encoding="utf-8")
-            for text in self.pending:
-                self.file.write(text + "\n")
-            self.pending.clear()
-            self.file.flush()
+        if self.file is None and self.write_fault is None:
+            try:
+                self.file = open(path, "a", encoding="utf-8")
+            except OSError as exc:
+                note_write_fault(path.parent, exc)
+                return
+            pending, self.pending = self.pending, []
+            for text in pending:
+                self._write(text)
 
     def log_only(self, text: str) -> None:
-        stamped = f"{_stamp()} {text}"
+        from slm_ray.redaction import redact
+
+        stamped = f"{_stamp()} {redact(text, self.secrets)}"
         if self.file is None:
             self.pending.append(stamped)
         else:
-            self.file.write(stamped + "\n")
+            self._write(stamped)
+
+    def _write(self, text: str) -> None:
+        """One line into sweep.log; on a full or read-only disk, sweep.log stops and the sweep ends."""
+        assert self.file is not None
+        try:
+            self.file.write(text + "\n")
             self.file.flush()
+        except OSError as exc:
+            folder = Path(self.file.name).parent
+            self.file = None
+            note_write_fault(folder, exc)
 
     # -- console -----------------------------------------------------------------------------
 
     def line(self, text: str) -> None:
         """A console line (cut to MAX_LINE characters), and the whole of it in sweep.log."""
+        from slm_ray.redaction import redact
+
         self.log_only(text)
+        text = redact(text, self.secrets)
         shown = text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
         if self.bar is not None:
             self.bar.write(shown, file=sys.stdout)
@@ -130,6 +150,18 @@ class SweepConsole:
 
 
 ACTIVE: SweepConsole | None = None
+
+
+def note_write_fault(folder: Path, exc: OSError) -> None:
+    """A write under the sweep folder failed (full or read-only disk): the sweep stops with that one
+    line once Tune has stopped (``events.StopOnWriteFault``). Any other OSError is raised."""
+    from slm_ray.errors import unwritable
+    from slm_ray.run_folder import OUTPUT_SETTING
+
+    error = unwritable(folder, exc, OUTPUT_SETTING)
+    if error is None or ACTIVE is None:
+        raise exc
+    ACTIVE.write_fault = ACTIVE.write_fault or str(error)
 
 
 def echo(text: str) -> None:

@@ -89,16 +89,21 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the trial, retriever and prepare processes.
     """
-    from slm_ray.run_folder import PREDICTIONS, RESULTS, FolderLock
+    from slm_ray.run_folder import OUTPUT_SETTING, PREDICTIONS, RESULTS, FolderLock
 
     base = Path.cwd()
     sweep_abs = (base / plan.sweep_dir).resolve()
     for name in (PREDICTIONS, RESULTS):
         if (sweep_abs / name).exists():
             raise SweepError(f"{sweep_abs} holds a single run's {name}, not a sweep: pass --name <another name>")
+    from slm_ray.errors import writes_to
+    from slm_ray.redaction import config_secrets, override_secrets
+
+    secrets = override_secrets([*plan.overrides, *plan.cli_overrides]) | config_secrets(
+        [t.config.model_dump(by_alias=True) for t in plan.trials[:1]])
     lock = FolderLock(sweep_abs, "sweep").acquire()  # one driver per sweep folder, for its whole run
     try:
-        with display.active(display.SweepConsole()):
+        with display.active(display.SweepConsole(secrets=secrets)), writes_to(sweep_abs, OUTPUT_SETTING):
             return _run_sweep_locked(plan, base, SweepFolder(sweep_abs), address, verbose, worker_env, echo,
                                      dashboard)
     finally:
@@ -217,6 +222,12 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         if reaper is not None:
             reaper.done()
     outcome = _outcomes(pending, folder, run_id)
+    fault = display.ACTIVE.write_fault if display.ACTIVE is not None else None
+    fault = fault or (outcome["write_fault"] or "").split(": ", 1)[-1]
+    if fault:  # a full or read-only disk: the sweep stops with its one line (exit 2)
+        from slm_ray.errors import FolderUnusable
+
+        raise FolderUnusable(fault)
     return {
         "dashboard_url": dashboard, "ray_connect_seconds": connect_seconds, "nodes": nodes,
         "max_concurrent_trials": plan.max_concurrent_trials or "auto",
@@ -233,7 +244,7 @@ def _tune(plan: SweepPlan, trials: list[Trial], run_id: str, base: Path, folder:
     """Run ``trials`` with Ray Tune, one trial actor (a generator) per running trial."""
     from ray import tune
 
-    from slm_ray.sweeps.events import TrialEvents
+    from slm_ray.sweeps.events import StopOnWriteFault, TrialEvents
     from slm_ray.sweeps.trainable import run_trial
 
     payloads: dict[int, dict[str, Any]] = {}
@@ -270,6 +281,7 @@ def _tune(plan: SweepPlan, trials: list[Trial], run_id: str, base: Path, folder:
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=f"run-{run_id}", storage_path=str(folder.tune_dir()),
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+                                  stop=StopOnWriteFault(),
                                   verbose=verbose,
                                   callbacks=[TrialEvents(folder, names, run_id, retriever_actors)]),
     )
@@ -343,12 +355,14 @@ def _outcomes(pending: list[Trial], folder: SweepFolder, run_id: str) -> dict[st
     """This run's trial records: counts, where each ran, and the model loads of every trial actor."""
     counts = {"ok": 0, "failed": 0, "not_run": 0}
     nodes, actors, loads_per_actor = {}, {}, {}
+    write_fault: str | None = None
     for trial in pending:
         record = folder.read_trial_record(trial.name)
         if record.get("run_id") != run_id or record.get("status") not in ("ok", "failed"):
             counts["not_run"] += 1
             continue
         counts[record["status"]] += 1
+        write_fault = write_fault or (record.get("error") if record.get("write_fault") else None)
         if record.get("node_id"):
             nodes[trial.name] = record["node_id"]
         if record.get("actor"):
@@ -362,7 +376,7 @@ def _outcomes(pending: list[Trial], folder: SweepFolder, run_id: str) -> dict[st
         for model, n in loads.items():
             model_loads[model] = model_loads.get(model, 0) + n
     return {"counts": counts, "nodes": nodes, "actors": actors, "loads_per_actor": loads_per_actor,
-            "model_loads": model_loads}
+            "model_loads": model_loads, "write_fault": write_fault}
 
 
 def _worker_output_to_console() -> Any:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from slm_ray.errors import describe_error
 from slm_ray.sweep_folder import SweepFolder, now_iso
@@ -16,6 +17,22 @@ from slm_ray.sweeps.trainable import MIRROR_FILES, MIRROR_LINES
 
 #: Seconds between two progress lines of one trial (where there is no live status line).
 PROGRESS_EVERY_S = 15.0
+
+
+class StopOnWriteFault(Stopper):
+    """Ends the whole sweep when a trial could not write (a full or read-only disk): every other trial
+    would fail the same way. What was answered stays in the trials' folders for the rerun."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        driver_fault = display.ACTIVE is not None and display.ACTIVE.write_fault is not None
+        self.hit = self.hit or bool(result.get("write_fault")) or driver_fault
+        return self.hit
+
+    def stop_all(self) -> bool:
+        return self.hit
 
 
 class TrialEvents(Callback):
@@ -38,7 +55,10 @@ class TrialEvents(Callback):
             "run_id": self.run_id, "trial": name, "retriever_actor": self.retriever_actors.get(name),
             "started": now_iso(), "attempts": 1, "process_losses": []})
         record.update(values)
-        self.folder.write_trial_record(name, record)
+        try:
+            self.folder.write_trial_record(name, record)
+        except OSError as exc:
+            display.note_write_fault(self.folder.path, exc)
         return record
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -60,7 +80,7 @@ class TrialEvents(Callback):
         elif status == "running":
             self._progress(name, result)
         elif status in ("ok", "failed"):
-            keep = ("model_loaded_now", "model_load_seconds", "model_loads", "seconds", "worker_span")
+            keep = ("model_loaded_now", "model_load_seconds", "model_loads", "seconds", "worker_span", "write_fault")
             self._record(name, status=status, error=result.get("error") or None, finished=now_iso(),
                          **{k: result.get(k) for k in keep if k in result})
             self._finished(name, status == "ok", result)

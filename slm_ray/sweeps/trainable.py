@@ -94,7 +94,10 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
                                  progress=progress, show_progress=False, expected_inputs=config.get("inputs") or {})
     except Exception as exc:  # the trial's result: a retry would fail the same way
         log.info("trial %s failed", config["name"], exc_info=True)  # the traceback, for sweep.log
+        from slm_ray.errors import FolderUnusable
+
         tune.report({**progress.pending_lines(), **where, "status": "failed", "error": describe_error(exc),
+                     "write_fault": isinstance(exc, FolderUnusable),  # a full or read-only disk: stop the sweep
                      "model_loads": dict(_HELD["loads"]), "seconds": round(time.time() - started, 3)})
         return
     extra: dict[str, Any] = progress.pending_lines()
