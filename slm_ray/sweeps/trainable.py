@@ -96,7 +96,10 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
         log.info("trial %s failed", config["name"], exc_info=True)  # the traceback, for sweep.log
         from slm_ray.errors import FolderUnusable
 
-        tune.report({**progress.pending_lines(), **where, "status": "failed", "error": describe_error(exc),
+        from slm_ray.redaction import config_secrets, redact
+
+        error = redact(describe_error(exc), config_secrets(config["config"]))  # Tune's files keep it too
+        tune.report({**progress.pending_lines(), **where, "status": "failed", "error": error,
                      "write_fault": isinstance(exc, FolderUnusable),  # a full or read-only disk: stop the sweep
                      "model_loads": dict(_HELD["loads"]), "seconds": round(time.time() - started, 3)})
         return
