@@ -403,6 +403,11 @@ def _environ_for_tune(verbose: int) -> Iterator[None]:
 
     changes: dict[str, str | None] = {name: None for name in TUNE_PROPAGATED_SECRETS}
     changes["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is KeyboardInterrupt, as everywhere in slm_ray
+    # One trial waiting for resources at a time: trials then start in the plan's order (grouped by
+    # model), so a reused trial actor never goes back to a model it has put down. Tune's default
+    # (200 waiting placement groups) lets Ray place them in any order. An autoscaling cluster that
+    # should see more demand at once can set it higher.
+    changes["TUNE_MAX_PENDING_TRIALS_PG"] = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG", "1")
     if not verbose:
         changes["RAY_AIR_NEW_OUTPUT"] = "0"
     with environment(changes):

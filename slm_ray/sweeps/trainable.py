@@ -43,16 +43,22 @@ STARTED = {"examples_done": 0, "examples_per_second": 0.0, "peak_rss_mb": 0.0, "
 _HELD: dict[str, Any] = {"key": None, "name": None, "generator": None, "loads": {}, "load_seconds": {}}
 
 
-def held_generator(cfg: Any, model_key: str) -> Any:
-    """This process's generator for ``cfg``: the one it holds when the model is the same, else a new one."""
-    if _HELD["generator"] is not None and _HELD["key"] == model_key:
-        return _HELD["generator"]
-    from slm_ray.experiment import build_generator
-
-    if _HELD["generator"] is not None:
+def release_other_models(model_key: str) -> None:
+    """Close the held generator unless it serves ``model_key``: called before a trial's memory
+    monitor starts, so the previous model's memory (a vLLM engine's processes) is not counted in it."""
+    if _HELD["generator"] is not None and _HELD["key"] != model_key:
         _HELD["generator"].close()
         _HELD.update(key=None, name=None, generator=None)
         gc.collect()
+
+
+def held_generator(cfg: Any, model_key: str) -> Any:
+    """This process's generator for ``cfg``: the one it holds when the model is the same, else a new one."""
+    release_other_models(model_key)
+    if _HELD["generator"] is not None:
+        return _HELD["generator"]
+    from slm_ray.experiment import build_generator
+
     started = time.perf_counter()
     generator = build_generator(cfg)
     _HELD.update(key=model_key, name=cfg.model.name, generator=generator)
@@ -89,6 +95,7 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
     tune.report({**STARTED, **where, "status": "started"})
     retriever = RetrieverClient(config["retriever_actor"], config["namespace"]) if config["retriever_actor"] else None
     progress = _Progress(out, mirror)
+    release_other_models(config["model_key"])
     try:
         results = run_experiment(cfg, generator=lambda c: held_generator(c, config["model_key"]), retriever=retriever,
                                  progress=progress, show_progress=False, expected_inputs=config.get("inputs") or {})
