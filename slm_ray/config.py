@@ -334,13 +334,19 @@ def import_object(dotted: str) -> Any:
 RETRIEVER_TYPES = ("bm25", "dense", "hybrid")
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    """The first problem of a pydantic error as ``key=value: what is wrong``."""
+def format_validation_error(exc: ValidationError, schema: type[BaseModel] | None = None) -> str:
+    """The first problem of a pydantic error as ``key=value: what is wrong``. ``schema``: the model
+    of a file other than the config (a sweep file), whose valid keys an unknown key is shown beside."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     if len(loc) > 1 and loc[0] == "retriever" and loc[1] in RETRIEVER_TYPES:
         del loc[1]  # the union's tag, not a key the user wrote
     key = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden" and schema is not None:
+        for part in loc[:-1]:
+            schema = schema.model_fields[part].annotation  # type: ignore[assignment]
+        where = f"{'.'.join(loc[:-1])}: " if len(loc) > 1 else ""
+        return f"{where}unknown key {loc[-1]!r} (valid: {', '.join(schema.model_fields)})"  # type: ignore[union-attr]
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     if err["type"] == "missing":
@@ -360,7 +366,7 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc)) from None
     dataset_cls = import_object(cfg.dataset.target)
     if cfg.experiment_mode == "oracle_context" and not dataset_cls.supports_oracle(cfg.dataset):
         raise ConfigError(

@@ -189,6 +189,14 @@ def test_path_values_are_named_by_file(tmp_path: Path) -> None:
     ("grid: {model: [tiny_llama]}\nresources: {gpu: 1}\n", "unknown key 'gpu'"),
     ("grid: {model: [tiny_llama]}\nresources: {gpus: -1}\n", "resources.gpus=-1"),
     ("grid: {model: [tiny_llama]}\nmax_concurrent_trials: 0\n", "max_concurrent_trials=0"),
+    ("grid: {model: [tiny_llama]}\nmax_concurrent_trials: two\n", "max_concurrent_trials='two': expected an integer >= 1 or auto"),
+    ("grid: {model: [tiny_llama]}\nmax_failures: yes\n", "max_failures=true: Input should be a valid integer"),
+    ("grid: {model: [tiny_llama]}\nresources: {cpus: true}\n", "resources.cpus=true"),
+    ("grid: {model: [tiny_llama]}\nresources: {gpus: many}\n", "resources.gpus='many': expected a number >= 0 or auto"),
+    ("grid: {model: [tiny_llama]}\nresources: {gpus: 1.5}\n", "more than one GPU must be a whole number"),
+    ("grid: {model: [tiny_llama]}\nresources: {gpu: 1}\n", "resources: unknown key 'gpu' (valid: cpus, gpus)"),
+    ("grid: [model]\n", "grid: Input should be a valid dictionary"),
+    ("grid: {model: [tiny_llama]}\noverrides: [5]\n", "overrides.0=5: Input should be a valid string"),
     ("grid: {model: [tiny_llama]}\nwhat: 1\n", "unknown key 'what'"),
     ("grid: {experiment.name: [a]}\n", "set by the sweep for every trial"),
     ("name: ../x\ngrid: {model: [tiny_llama]}\n", "contains a path separator"),
@@ -230,6 +238,16 @@ def test_a_duplicate_axis_stops_the_sweep_command_with_exit_2(tmp_path: Path, mo
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "key 'model' is given twice" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_file_defaults_and_auto(tmp_path: Path) -> None:
+    plan = load_sweep(_sweep(tmp_path, "grid: {model: [tiny_llama, tiny_qwen3]}\noverrides: dataset.limit=3\n"
+                                       "exclude: {model: tiny_qwen3}\nretriever_resources: {gpus: auto}\n"))
+    assert plan.resources.as_dict() == {"cpus": 1.0, "gpus": "auto"}
+    assert plan.retriever_resources.as_dict() == {"cpus": 0.0, "gpus": 0.0}  # auto: no GPU for a retriever
+    assert (plan.max_concurrent_trials, plan.max_failures) == (None, 2)
+    assert plan.overrides == ("dataset.limit=3",) and plan.trials[0].config.dataset.limit == 3
+    assert [t.config.model.name for t in plan.trials] == ["tiny_llama"]  # a single rule is a list of one
 
 
 def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:

@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from slm_ray.composition import GROUPS, compose_config, compose_many, compose_raw, group_options
-from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, validate_config
+from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, format_validation_error, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
 from slm_ray.fingerprints import stable_hash
 from slm_ray.names import RULE, name_problem, safe_name
 from slm_ray.redaction import config_secrets, is_secret_key, override_key
 
-TOP_LEVEL_KEYS = ("name", "description", "overrides", "grid", "exclude", "resources", "retriever_resources",
-                  "max_concurrent_trials", "max_failures")
 #: Axes that only change what a retriever_context trial retrieves.
 RETRIEVAL_GROUPS = ("retriever", "corpus")
 #: Keys the sweep sets on every trial itself (experiment.output_dir may be overridden: it is where
@@ -64,15 +64,74 @@ class SweepError(SlmRayError):
     """A sweep file or sweep command the user must fix: printed as one line, exit code 2."""
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What one actor asks Ray for. ``gpus=None`` means auto (decided once the cluster is known)."""
+class _Strict(BaseModel):
+    """A part of the sweep file: unknown keys are errors, and so is a boolean where a number goes."""
 
-    cpus: float = 1.0
-    gpus: float | None = None
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Resources(_Strict):
+    """What one trial actor asks Ray for. ``gpus=None`` means auto (decided once the cluster is known)."""
+
+    cpus: float = Field(1.0, ge=0)
+    gpus: float | None = Field(None, ge=0)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("expected a number >= 0 or auto")
+        return None if value == "auto" else value
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_beyond_one(cls, value: float | None) -> float | None:
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError("more than one GPU must be a whole number")
+        return value
 
     def as_dict(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "gpus": "auto" if self.gpus is None else self.gpus}
+
+
+class RetrieverResources(Resources):
+    """What a shared retriever actor asks Ray for: no CPU of its own by default (it waits on queries),
+    and no GPU unless given (``auto`` is none)."""
+
+    cpus: float = Field(0.0, ge=0)
+    gpus: float | None = Field(0.0, ge=0)
+
+    @field_validator("gpus", mode="after")
+    @classmethod
+    def _auto_is_none(cls, value: float | None) -> float:
+        return 0.0 if value is None else value
+
+
+class SweepFile(_Strict):
+    """The sweep file as written (its keys: the module docstring). The grid, the exclude rules and the
+    overrides are checked against the config groups by ``load_sweep``, which knows them."""
+
+    name: str | None = None
+    description: str | None = None
+    overrides: list[str] = []
+    grid: dict[str, Any] | None = None
+    exclude: list[dict[str, Any]] = []
+    resources: Resources = Resources()
+    retriever_resources: RetrieverResources = RetrieverResources()
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(DEFAULT_MAX_FAILURES, ge=0)
+
+    @field_validator("overrides", "exclude", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, value: Any) -> Any:
+        return [] if value is None else [value] if isinstance(value, (str, dict)) else value
+
+    @field_validator("max_concurrent_trials", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("expected an integer >= 1 or auto")
+        return None if value == "auto" else value
 
 
 @dataclass(frozen=True)
@@ -227,18 +286,18 @@ def is_retrieval_axis(axis: str) -> bool:
 def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | None = None) -> SweepPlan:
     """Read, expand and validate a sweep file; raise SweepError naming what is wrong."""
     path = Path(path)
-    raw = _read_yaml(path)
     where = str(path)
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise SweepError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(TOP_LEVEL_KEYS)})")
-    sweep_name = name or raw.get("name") or path.stem
-    problem = name_problem(sweep_name) if isinstance(sweep_name, str) else "is not a string"
+    try:
+        spec = SweepFile.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise SweepError(f"{where}: {format_validation_error(exc, SweepFile)}") from None
+    sweep_name = name or spec.name or path.stem
+    problem = name_problem(sweep_name)
     if problem:
         raise SweepError(f"{where}: name={sweep_name!r} {problem} ({RULE})")
-    overrides = _string_list(raw.get("overrides") or [], f"{where}: overrides")
+    overrides = spec.overrides
     cli = [str(o) for o in cli_overrides]
-    grid = _parse_grid(raw.get("grid"), where)
+    grid = _parse_grid(spec.grid, where)
     for source, items in (("overrides", overrides), ("command line", cli)):
         for item in items:
             if "=" not in item:
@@ -250,16 +309,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
             if key in grid:
                 raise SweepError(f"{where}: {source}: {item!r} sets {key}, which is a grid axis of this sweep "
                                  "(change the grid instead)")
-    rules = _parse_exclude(raw.get("exclude"), grid, where)
-    resources = _parse_resources(raw.get("resources"), f"{where}: resources", Resources(cpus=1.0, gpus=None))
-    retriever_resources = _parse_resources(raw.get("retriever_resources"), f"{where}: retriever_resources",
-                                           Resources(cpus=0.0, gpus=0.0))
-    if retriever_resources.gpus is None:
-        retriever_resources = Resources(retriever_resources.cpus, 0.0)
-    max_concurrent = _parse_count(raw.get("max_concurrent_trials", "auto"), f"{where}: max_concurrent_trials",
-                                  allow_auto=True, minimum=1)
-    max_failures = _parse_count(raw.get("max_failures", DEFAULT_MAX_FAILURES), f"{where}: max_failures", allow_auto=False, minimum=0)
-    description = str(raw.get("description") or "")
+    rules = _parse_exclude(spec.exclude, grid, where)
 
     combos = _expand(grid, rules, _default_mode(overrides + cli), where)
     user_project = any(override_key(o) == "tracker.project" for o in overrides + cli)
@@ -304,10 +354,11 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | 
 
     trials = tuple(Trial(i, trial_name, combo, trial_overrides, cfg)
                    for i, (combo, trial_overrides, cfg, trial_name) in enumerate(_order(staged)))
-    return SweepPlan(name=sweep_name, source=str(path), description=description, overrides=tuple(overrides),
-                     cli_overrides=tuple(cli), grid=grid, trials=trials, resources=resources,
-                     retriever_resources=retriever_resources, max_concurrent_trials=max_concurrent,
-                     max_failures=max_failures, sweep_dir=sweep_dir)
+    return SweepPlan(name=sweep_name, source=str(path), description=spec.description or "",
+                     overrides=tuple(overrides), cli_overrides=tuple(cli), grid=grid, trials=trials,
+                     resources=spec.resources, retriever_resources=spec.retriever_resources,
+                     max_concurrent_trials=spec.max_concurrent_trials, max_failures=spec.max_failures,
+                     sweep_dir=sweep_dir)
 
 
 def _compose_trials(combos: list[dict[str, Any]], overrides: list[str], cli: list[str],
@@ -417,22 +468,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _string_list(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float, bool)) for v in value):
-        raise SweepError(f"{where}: expected a list of key=value strings")
-    return [str(v) for v in value]
-
-
-def _parse_grid(grid: Any, where: str) -> dict[str, list[Any]]:
-    if grid is None or grid == {}:
+def _parse_grid(grid: dict[str, Any] | None, where: str) -> dict[str, list[Any]]:
+    if not grid:
         raise SweepError(f"{where}: grid is empty (give at least one axis, e.g. grid: {{model: [tiny_llama]}})")
-    if not isinstance(grid, dict):
-        raise SweepError(f"{where}: grid must be a mapping of axis -> list of values")
     parsed: dict[str, list[Any]] = {}
     for axis, values in grid.items():
-        axis = str(axis)
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: grid.{axis} must be a non-empty list of values")
         _check_axis(axis, values, where)
@@ -465,20 +505,13 @@ def _check_axis(axis: str, values: list[Any], where: str) -> None:
         seen.add(marker)
 
 
-def _parse_exclude(rules: Any, grid: dict[str, list[Any]], where: str) -> list[dict[str, list[Any]]]:
-    if rules is None:
-        return []
-    if isinstance(rules, dict):
-        rules = [rules]
-    if not isinstance(rules, list):
-        raise SweepError(f"{where}: exclude must be a list of rules like {{experiment_mode: [no_context], model: [x]}}")
+def _parse_exclude(rules: list[dict[str, Any]], grid: dict[str, list[Any]], where: str) -> list[dict[str, list[Any]]]:
     parsed = []
     for i, rule in enumerate(rules):
-        if not isinstance(rule, dict) or not rule:
+        if not rule:
             raise SweepError(f"{where}: exclude[{i}] must be a non-empty mapping of grid axis -> values")
         clean: dict[str, list[Any]] = {}
         for axis, values in rule.items():
-            axis = str(axis)
             if axis not in grid:
                 raise SweepError(f"{where}: exclude[{i}]: {axis!r} is not a grid axis (axes: {', '.join(grid)})")
             values = values if isinstance(values, list) else [values]
@@ -489,36 +522,6 @@ def _parse_exclude(rules: Any, grid: dict[str, list[Any]], where: str) -> list[d
             clean[axis] = values
         parsed.append(clean)
     return parsed
-
-
-def _parse_resources(value: Any, where: str, default: Resources) -> Resources:
-    if value is None:
-        return default
-    if not isinstance(value, dict):
-        raise SweepError(f"{where}: expected a mapping like {{cpus: 1, gpus: auto}}")
-    unknown = sorted(set(value) - {"cpus", "gpus"})
-    if unknown:
-        raise SweepError(f"{where}: unknown key {unknown[0]!r} (valid: cpus, gpus)")
-    cpus = value.get("cpus", default.cpus)
-    gpus = value.get("gpus", "auto" if default.gpus is None else default.gpus)
-    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus < 0:
-        raise SweepError(f"{where}.cpus={cpus!r}: expected a number >= 0")
-    if gpus == "auto" or gpus is None:
-        return Resources(float(cpus), None)
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
-        raise SweepError(f"{where}.gpus={gpus!r}: expected a number >= 0 or auto")
-    if gpus > 1 and gpus != int(gpus):
-        raise SweepError(f"{where}.gpus={gpus!r}: more than one GPU must be a whole number")
-    return Resources(float(cpus), float(gpus))
-
-
-def _parse_count(value: Any, where: str, allow_auto: bool, minimum: int) -> int | None:
-    if allow_auto and value in ("auto", None):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        valid = f"an integer >= {minimum}" + (" or auto" if allow_auto else "")
-        raise SweepError(f"{where}={value!r}: expected {valid}")
-    return value
 
 
 def _default_mode(overrides: Sequence[str]) -> str:
