@@ -83,8 +83,10 @@ def parse_flags(args: Sequence[str], hydra_flags: bool) -> Flags:
 
 def _cfg_value(arg: str) -> bool:
     """Whether the word after ``--cfg`` is its value (job, or a typo of it) rather than an override
-    (``key=value``), a sweep file or another flag."""
-    return "=" not in arg and not arg.startswith("-") and not arg.endswith((".yaml", ".yml"))
+    (``key=value``), a sweep (a file, or a shipped sweep's name such as ``smoke``) or another flag."""
+    import difflib
+
+    return arg in CFG_CHOICES or bool(difflib.get_close_matches(arg, CFG_CHOICES, n=1, cutoff=0.6))
 
 
 def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str] | None,

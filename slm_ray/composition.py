@@ -14,7 +14,9 @@ from typing import Any, Sequence
 from slm_ray.config import ExperimentConfig, validate_config
 from slm_ray.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The built-in config tree, shipped inside the package so that an installed wheel composes from any
+#: folder (the repository's top-level ``conf`` is a link to it).
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS: tuple[str, ...] = ("model", "dataset", "corpus", "retriever", "prompt", "tracker")
 #: Folders of the user's own options, added to (never replacing) ``conf/``: ``--config-dir DIR`` on
 #: the command line, or ``SLM_RAY_CONFIG_DIR`` (several joined with ``os.pathsep``).

@@ -1,6 +1,6 @@
 """Download every model, dataset and encoder a plan needs, so that later runs find them locally.
 
-    slm-ray fetch sweeps/size_comparison.yaml            # every trial of a sweep file
+    slm-ray fetch size_comparison                        # every trial of a sweep (a file or a shipped name)
     slm-ray fetch model=qwen3_0.6b,qwen3_1.7b dataset=simpleqa   # runs, key=a,b expanded as slm-ray run does
     slm-ray fetch model=smollm2_360m experiment_mode=retriever_context retriever=dense \\
         retriever.encoder=all-mpnet-base-v2             # a hub encoder: sentence-transformers/all-mpnet-base-v2
@@ -79,10 +79,12 @@ def _fetch(arguments: list[str], print_config: str | None) -> int:
 
 
 def _configs(arguments: list[str], print_config: str | None) -> list[Any] | None:
-    """The configs of a sweep file (first argument ending .yaml/.yml) or of a run's overrides;
-    None when ``--cfg`` printed them."""
-    if arguments and "=" not in arguments[0] and arguments[0].endswith((".yaml", ".yml")):
-        from slm_ray.sweeps.spec import load_sweep
+    """The configs of a sweep (first argument ending .yaml/.yml, or a shipped sweep's name) or of a
+    run's overrides; None when ``--cfg`` printed them."""
+    from slm_ray.sweeps.spec import load_sweep, shipped_sweeps
+
+    if arguments and "=" not in arguments[0] and (arguments[0].endswith((".yaml", ".yml"))
+                                                  or arguments[0] in shipped_sweeps()):
 
         plan = load_sweep(arguments[0], arguments[1:])
         if print_config:

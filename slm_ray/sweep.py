@@ -1,12 +1,14 @@
 """Run a sweep: every trial of a sweep file, distributed with Ray (Tune drives the trials).
 
-    slm-ray sweep sweeps/size_comparison.yaml
-    slm-ray sweep sweeps/size_comparison.yaml dataset.limit=500 --name sizes_500
-    slm-ray sweep sweeps/smoke.yaml                     # offline, CPU, a few minutes
-    slm-ray sweep sweeps/size_comparison.yaml --address auto   # on a running Ray cluster
-    slm-ray sweep --cfg sweeps/retriever_comparison.yaml       # print the trials and exit
+    slm-ray sweep --list                                # the shipped sweeps
+    slm-ray sweep size_comparison                       # a shipped sweep, by name
+    slm-ray sweep size_comparison dataset.limit=500 --name sizes_500
+    slm-ray sweep smoke                                 # offline, CPU, a few minutes
+    slm-ray sweep my_sweep.yaml --address auto          # a sweep file of yours, on a running Ray cluster
+    slm-ray sweep --cfg retriever_comparison            # print the trials and exit
 
-Arguments: the sweep file, then Hydra overrides applied to every trial (key=value).
+Arguments: the sweep (a file, or the name of a shipped one), then Hydra overrides applied to every
+trial (key=value).
 Options: --name NAME (folder and ClearML project, default the file's name), --address ADDR (an
 existing Ray cluster; default: start a local one), --dashboard / --no-dashboard (whether that local
 Ray runs its dashboard; default: on with 4 or more CPUs, where it costs little), --cfg (print the
@@ -67,8 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
+    if rest == ["--list"]:
+        return list_sweeps()
     return run_cli(lambda overrides, print_config: _sweep(overrides, print_config, flags), __doc__ or "", rest,
                    hydra_flags=True)
+
+
+def list_sweeps() -> int:
+    """One line per shipped sweep: its name (what ``slm-ray sweep NAME`` takes) and description."""
+    import yaml
+
+    from slm_ray.sweeps.spec import shipped_sweeps
+
+    shipped = shipped_sweeps()
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description") or ""
+        print(f"{name:<{width}}  {description}")
+    return 0
 
 
 def _sweep(arguments: list[str], print_config: str | None, flags: dict[str, str]) -> int:
@@ -76,8 +94,8 @@ def _sweep(arguments: list[str], print_config: str | None, flags: dict[str, str]
     from slm_ray.sweeps.spec import SweepError, load_sweep
 
     if not arguments or "=" in arguments[0]:
-        raise SweepError("give the sweep file first: slm-ray sweep SWEEP.yaml [key=value ...] "
-                         "[--name NAME] [--address ADDR]")
+        raise SweepError("give the sweep first: slm-ray sweep SWEEP.yaml|NAME [key=value ...] "
+                         "[--name NAME] [--address ADDR] (shipped sweeps: slm-ray sweep --list)")
     load_env_file()
     plan = load_sweep(arguments[0], arguments[1:], name=flags.get("name"))
     if print_config:

@@ -178,7 +178,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     assert fetch_main(["model=no_such_model"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown model option 'no_such_model' (valid: ")
     assert fetch_main(["--help"]) == 0
-    assert "slm-ray fetch sweeps/" in capsys.readouterr().out
+    assert "slm-ray fetch size_comparison" in capsys.readouterr().out
 
 
 def test_file_choice_and_encoder_names() -> None:

@@ -276,7 +276,7 @@ def test_cli_refuses_bad_sweep_with_exit_2_and_writes_nothing(tmp_path: Path, mo
     assert err.startswith("error: ") and "model.temperature=-2" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sweep_main(["dataset.limit=3"]) == 2
-    assert "give the sweep file first" in capsys.readouterr().err
+    assert "give the sweep first" in capsys.readouterr().err
     assert sweep_main([str(tmp_path / "missing.yaml")]) == 2
     assert "sweep file not found" in capsys.readouterr().err
     assert sweep_main([str(path), "--name"]) == 2
@@ -302,6 +302,27 @@ def test_cli_cfg_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "sweep named: 2 trials -> outputs/sweeps/named" in out
     assert "slm-ray run" in out and "dataset.limit=3" in out
     assert not (tmp_path / "outputs").exists()
+
+
+def test_shipped_sweeps_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sweep_main(["--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(SHIPPED)
+    assert any(line.startswith("smoke ") and "Offline smoke test" in line for line in listed)
+    assert sweep_main(["--cfg", "smoke", "dataset.limit=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sweep smoke: 12 trials -> outputs/sweeps/smoke (from ") and "sweep_files/smoke.yaml)" in out
+    assert sweep_main(["--cfg", "smoke.yaml"]) == 0  # a shipped name with its extension
+    assert "sweep smoke: 12 trials" in capsys.readouterr().out
+    (tmp_path / "smoke.yaml").write_text("grid: {model: [tiny_llama]}\n", encoding="utf-8")
+    assert sweep_main(["--cfg", "smoke.yaml"]) == 0  # a file of the user's wins over a shipped name
+    assert "sweep smoke: 1 trials" in capsys.readouterr().out
+    assert sweep_main(["smok"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep file not found: smok (give a path, or the name of a shipped sweep: family_comparison" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
 
 
 def test_split_flags() -> None:

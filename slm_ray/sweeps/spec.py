@@ -64,6 +64,28 @@ class SweepError(SlmRayError):
     """A sweep file or sweep command the user must fix: printed as one line, exit code 2."""
 
 
+#: The sweep files shipped in the package (the repository's top-level ``sweeps`` links here).
+SHIPPED_SWEEPS = Path(__file__).resolve().parents[1] / "sweep_files"
+
+
+def shipped_sweeps() -> dict[str, Path]:
+    """The shipped sweep files by name: ``slm-ray sweep smoke`` runs ``smoke.yaml`` from any folder."""
+    return {path.stem: path for path in sorted(SHIPPED_SWEEPS.glob("*.yaml"))}
+
+
+def sweep_file(given: str | Path) -> Path:
+    """The sweep file ``given`` names: a path, else the name of a shipped sweep (``smoke``)."""
+    path = Path(given)
+    if path.exists():
+        return path
+    shipped = shipped_sweeps()
+    name = path.stem if path.suffix in (".yaml", ".yml") and path.parent == Path(".") else str(given)
+    if name in shipped:
+        return shipped[name]
+    raise SweepError(f"sweep file not found: {given} (give a path, or the name of a shipped sweep: "
+                     f"{', '.join(shipped)}; slm-ray sweep --list)")
+
+
 class _Strict(BaseModel):
     """A part of the sweep file: unknown keys are errors, and so is a boolean where a number goes."""
 
@@ -252,7 +274,7 @@ class SweepPlan:
         from slm_ray.redaction import mask_override
 
         known = self.secrets()
-        lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir}"]
+        lines = [f"sweep {self.name}: {len(self.trials)} trials -> {self.sweep_dir} (from {self.source})"]
         width = max(len(t.name) for t in self.trials)
         folders = "".join(f"--config-dir {folder} " for folder in user_config_dirs())
         for t in self.trials:
@@ -285,7 +307,7 @@ def is_retrieval_axis(axis: str) -> bool:
 
 def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), name: str | None = None) -> SweepPlan:
     """Read, expand and validate a sweep file; raise SweepError naming what is wrong."""
-    path = Path(path)
+    path = sweep_file(path)
     where = str(path)
     try:
         spec = SweepFile.model_validate(_read_yaml(path))
