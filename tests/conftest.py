@@ -227,3 +227,39 @@ def race_two_processes():
         return sorted(results.get(timeout=5) for _ in children)
 
     return race
+
+
+# --- Tiers: a test that starts Ray is marked `ray`; `-m "not slow and not ray"` is the quick tier -------
+
+#: Fixtures that start Ray: every test using one is marked `ray` at collection.
+RAY_FIXTURES = frozenset({"two_node_cluster", "local_ray", "cluster_to_break", "vllm_sweep"})
+#: Set (as .ci/run does) to fail a test of the quick tier that starts Ray without the mark.
+CHECK_MARKS = "SLM_RAY_CHECK_MARKS"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+def _ray_sessions() -> set[str]:
+    """Ray's session folders on this machine (where ray.init puts them: RAY_TMPDIR, TMPDIR or /tmp)."""
+    root = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+    return {p.name for p in root.glob("session_2*")}
+
+
+@pytest.fixture(autouse=True)
+def _quick_tier_starts_no_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With SLM_RAY_CHECK_MARKS=1, a test of the quick tier (neither `slow` nor `ray`) fails if a Ray
+    session began while it ran: in its process or in a command it started."""
+    node = request.node
+    if not os.environ.get(CHECK_MARKS) or node.get_closest_marker("ray") or node.get_closest_marker("slow"):
+        yield
+        return
+    before = _ray_sessions()
+    yield
+    started = _ray_sessions() - before
+    if started:
+        pytest.fail(f"{node.nodeid} started Ray ({', '.join(sorted(started))}) but is not marked: "
+                    "add @pytest.mark.ray", pytrace=False)

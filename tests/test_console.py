@@ -171,6 +171,7 @@ def _sweep_command(tmp_path: Path, cache: Path) -> list[str]:
     return [str(SLM_RAY), "sweep", str(sweep), f"experiment.cache_dir={cache}"]
 
 
+@pytest.mark.ray
 def test_a_sweep_console_is_calm_and_ends_with_the_summary(sweep_env: Path, sweep_cache_dir: Path) -> None:
     done = subprocess.run(_sweep_command(sweep_env, sweep_cache_dir), cwd=sweep_env, env=_without_token_auth_setting(),
                           capture_output=True, text=True, timeout=600)
@@ -189,6 +190,7 @@ def test_a_sweep_console_is_calm_and_ends_with_the_summary(sweep_env: Path, swee
     assert "[4/4] ok" in log and "examples, 0 already done" in log, "sweep.log keeps what the console left out"
 
 
+@pytest.mark.ray
 def test_a_failed_trial_is_one_line_without_rays_traceback(sweep_env: Path, sweep_cache_dir: Path) -> None:
     from slm_ray.data.builtin import NQ_OPEN_ORACLE
     from slm_ray.data.files import iter_jsonl
@@ -211,6 +213,7 @@ def test_a_failed_trial_is_one_line_without_rays_traceback(sweep_env: Path, swee
     assert "Traceback" in log, "Ray's account of the failure is kept in sweep.log"
 
 
+@pytest.mark.ray
 def test_a_sweep_on_a_terminal_shows_one_live_status(sweep_env: Path, sweep_cache_dir: Path) -> None:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # a 150-column terminal
@@ -235,6 +238,7 @@ def test_a_sweep_on_a_terminal_shows_one_live_status(sweep_env: Path, sweep_cach
 
 # --- a killed driver ---------------------------------------------------------------------------------------------
 
+@pytest.mark.ray
 def test_a_killed_sweep_driver_leaves_no_ray_processes(sweep_env: Path, sweep_cache_dir: Path) -> None:
     import psutil
 
@@ -264,6 +268,7 @@ def test_a_killed_sweep_driver_leaves_no_ray_processes(sweep_env: Path, sweep_ca
 
 # --- SIGTERM, as a batch scheduler or `timeout` sends it -----------------------------------------------------------
 
+@pytest.mark.ray
 def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(sweep_env: Path, sweep_cache_dir: Path) -> None:
     limit = 200
     sweep = sweep_env / "term.yaml"

@@ -320,6 +320,7 @@ def test_bad_models_and_a_bad_address_are_all_reported(workdir: Path, closed_por
     assert len(lines) == 2 and "model=smollm2_360m:" in lines[0] and "cannot reach a Ray cluster" in lines[1]
 
 
+@pytest.mark.ray
 def test_a_running_cluster_answers_the_check(closed_port: int) -> None:
     """A real Ray head (not connected from here): its GCS answers the greeting; a closed port does not."""
     import ray

@@ -4,8 +4,6 @@ session the sweep started."""
 
 from __future__ import annotations
 
-import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -51,6 +49,7 @@ def _scan(root: Path, found: list[str], since: float = 0.0) -> int:
     return scanned
 
 
+@pytest.mark.ray
 def test_planted_secrets_are_written_nowhere(sweep_env: Path, sweep_cache_dir: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
@@ -60,7 +59,6 @@ def test_planted_secrets_are_written_nowhere(sweep_env: Path, sweep_cache_dir: P
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    started = time.time()
     sweep = sweep_env.parent / f"{sweep_env.name}-secrets.yaml"  # the user's own file holds the secret: not scanned
     sweep.write_text(f"""
 name: secrets
@@ -80,10 +78,8 @@ max_concurrent_trials: 2
     assert len(zips) == 2  # one offline session per trial, scanned inside
     found: list[str] = []
     scanned = _scan(sweep_env, found)
-    ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
-    sessions = sorted((p for p in ray_tmp.glob("session_2*") if p.stat().st_mtime >= started - 5),
-                      key=lambda p: p.stat().st_mtime)
-    assert sessions, "the sweep's Ray session folder was not found"
-    scanned += _scan(sessions[-1] / "logs", found)
+    session = Path(record["ray_session_dir"])  # the logs of the Ray this sweep started, as ray.init named it
+    assert session.name.startswith("session_") and (session / "logs").is_dir(), session
+    scanned += _scan(session / "logs", found)
     assert scanned > 20
     assert not found, found

@@ -47,17 +47,19 @@ def _mtimes(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
 
 
-def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cache_dir: Path,
-                                   small_corpus: Path) -> None:
+def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corpus: Path) -> None:
     bad = sweep_env / "nq_bad.jsonl"
     lines = _nq_lines(6)
     bad.write_text("\n".join(lines[:2] + ['{"question": "broken', *lines[2:]]) + "\n")
-    sweep = _write_sweep(sweep_env, sweep_cache_dir, small_corpus, bad)
+    # a cache of its own: the counts of searches and index builds below are this sweep's alone,
+    # whichever tests ran before
+    sweep = _write_sweep(sweep_env, sweep_env / "cache", small_corpus, bad)
     plan = load_sweep(sweep)
     assert len(plan.trials) == 9
     bad_trial = next(t.name for t in plan.trials if str(bad) in t.config.dataset.path)
 
     started = time.perf_counter()
+    started_ms = time.time() * 1000
     run_sweep(plan, address=two_node_cluster.address)
     first_wall = time.perf_counter() - started
     sweep_dir = sweep_env / "outputs" / "sweeps" / "cluster"
@@ -90,7 +92,8 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, sweep_cach
     from ray.util.state import list_actors, list_placement_groups, list_tasks
 
     assert all(a["index_built_now"] is False for a in actors), actors
-    builds = [t for t in list_tasks(detail=True, limit=10_000) if t.func_or_class_name == "build_index"]
+    builds = [t for t in list_tasks(detail=True, limit=10_000)  # this sweep's, not an earlier test's
+              if t.func_or_class_name == "build_index" and (t.creation_time_ms or 0) >= started_ms]
     assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
     # Ray's state API: each trial ran in one of Tune's trial actors, holding the sweep's resources
 

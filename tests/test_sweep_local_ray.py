@@ -11,9 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.ray
 def test_a_stale_record_of_a_gone_cluster_neither_hangs_nor_is_joined(sweep_env: Path, sweep_cache_dir: Path) -> None:
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     try:

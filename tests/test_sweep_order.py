@@ -16,7 +16,7 @@ import pytest
 from slm_ray.sweeps.engine import run_sweep
 from slm_ray.sweeps.spec import load_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_reused_actors_never_go_back_to_a_model(sweep_env: Path, sweep_cache_dir: Path) -> None:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import psutil
 
 LIMIT = 120
@@ -43,6 +45,7 @@ def _wait_until_quiet(folder: Path, quiet_s: float = 4.0, limit_s: float = 60.0)
         time.sleep(0.5)
 
 
+@pytest.mark.ray
 def test_killed_sweep_resumes_without_losing_or_repeating_predictions(sweep_env: Path, sweep_cache_dir: Path) -> None:
     sweep = sweep_env / "resume.yaml"
     sweep.write_text(f"""

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_smoke_sweep_command(sweep_env: Path, sweep_cache_dir: Path, small_corpus: Path) -> None:
     command = [str(Path(sys.executable).parent / "slm-ray"), "sweep", str(REPO / "sweeps" / "smoke.yaml"),
                "dataset.limit=3", "corpus=file", f"corpus.path={small_corpus}",

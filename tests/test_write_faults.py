@@ -205,6 +205,7 @@ def test_report_into_a_full_sweep_folder_is_one_line(tmp_path: Path, tmpfs) -> N
     assert "experiment.output_dir" in line
 
 
+@pytest.mark.ray
 def test_a_sweep_whose_output_disk_fills_mid_run_ends_with_one_line(tmp_path: Path, shared_cache: Path,
                                                                     tmpfs) -> None:
     """The trial's write fails on the full disk: Tune stops the sweep (every trial would fail the same

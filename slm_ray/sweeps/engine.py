@@ -168,7 +168,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     chosen = dashboard_wanted is not None
     if dashboard_wanted is None:
         dashboard_wanted = dashboard_by_default()
-    started_here, dashboard = _connect(address, dashboard_wanted)
+    started_here, dashboard, session_dir = _connect(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
     local = started_here and not address and not os.environ.get("RAY_ADDRESS")
     reaper = Reaper.start() if local else None  # this Ray's processes go when the driver is killed
@@ -229,7 +229,8 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
 
         raise FolderUnusable(fault)
     return {
-        "dashboard_url": dashboard, "ray_connect_seconds": connect_seconds, "nodes": nodes,
+        "dashboard_url": dashboard, "ray_session_dir": session_dir, "ray_connect_seconds": connect_seconds,
+        "nodes": nodes,
         "max_concurrent_trials": plan.max_concurrent_trials or "auto",
         "trials_outcome": outcome["counts"], "trial_nodes": outcome["nodes"], "trial_actors": outcome["actors"],
         "model_loads": outcome["model_loads"], "model_loads_per_actor": outcome["loads_per_actor"],
@@ -424,8 +425,9 @@ def dashboard_by_default(cpus: int | None = None) -> bool:
     return (cpus if cpus is not None else os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
 
 
-def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None]:
-    """Connect to ``address`` or start a local Ray; (started here, dashboard URL)."""
+def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None, str | None]:
+    """Connect to ``address`` or start a local Ray; (started here, dashboard URL, the folder of this
+    Ray session's logs on the driver's node, where ray.init says)."""
     import ray
 
     if ray.is_initialized():
@@ -435,7 +437,7 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
             url = get_dashboard_url()
         except Exception:  # a private helper: the URL is a nicety
             url = None
-        return False, _dashboard(url)
+        return False, _dashboard(url), None
     # Worker output reaches the driver through Ray's log path, sorted by slm_ray.logs.LineSorter;
     # the workers draw no progress bars.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING,
@@ -456,7 +458,8 @@ def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | N
         raise SweepError(f"cannot connect to the Ray cluster at {address}: {describe_error(exc)}") from None
     finally:
         signal.signal(signal.SIGTERM, raise_interrupt)  # ray.init's own exits mid-cleanup, with a stack dump
-    return True, _dashboard(getattr(context, "dashboard_url", None))
+    session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
+    return True, _dashboard(getattr(context, "dashboard_url", None)), session_dir
 
 
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
