@@ -29,11 +29,12 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from slm_ray.composition import GROUPS, compose_config, compose_many, compose_raw, group_options
 from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, format_validation_error, validate_config
@@ -86,6 +87,18 @@ def sweep_file(given: str | Path) -> Path:
                      f"{', '.join(shipped)}; slm-ray sweep --list)")
 
 
+def _auto_is_none(value: Any, expected: str) -> Any:
+    """``auto`` as None (decided later); any other word is refused, naming what is valid."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"expected {expected} or auto")
+    return None if value == "auto" else value
+
+
+#: A GPU count, or ``auto`` (None); an integer >= 1, or ``auto`` (None).
+GpusOrAuto = Annotated[float | None, BeforeValidator(partial(_auto_is_none, expected="a number >= 0"))]
+CountOrAuto = Annotated[int | None, BeforeValidator(partial(_auto_is_none, expected="an integer >= 1"))]
+
+
 class _Strict(BaseModel):
     """A part of the sweep file: unknown keys are errors, and so is a boolean where a number goes."""
 
@@ -96,14 +109,7 @@ class Resources(_Strict):
     """What one trial actor asks Ray for. ``gpus=None`` means auto (decided once the cluster is known)."""
 
     cpus: float = Field(1.0, ge=0)
-    gpus: float | None = Field(None, ge=0)
-
-    @field_validator("gpus", mode="before")
-    @classmethod
-    def _auto(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "auto":
-            raise ValueError("expected a number >= 0 or auto")
-        return None if value == "auto" else value
+    gpus: GpusOrAuto = Field(None, ge=0)
 
     @field_validator("gpus")
     @classmethod
@@ -121,11 +127,11 @@ class RetrieverResources(Resources):
     and no GPU unless given (``auto`` is none)."""
 
     cpus: float = Field(0.0, ge=0)
-    gpus: float | None = Field(0.0, ge=0)
+    gpus: GpusOrAuto = Field(0.0, ge=0)
 
     @field_validator("gpus", mode="after")
     @classmethod
-    def _auto_is_none(cls, value: float | None) -> float:
+    def _auto_is_no_gpu(cls, value: float | None) -> float:
         return 0.0 if value is None else value
 
 
@@ -140,7 +146,7 @@ class SweepFile(_Strict):
     exclude: list[dict[str, Any]] = []
     resources: Resources = Resources()
     retriever_resources: RetrieverResources = RetrieverResources()
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: CountOrAuto = Field(None, ge=1)
     max_failures: int = Field(DEFAULT_MAX_FAILURES, ge=0)
 
     @field_validator("overrides", "exclude", mode="before")
@@ -148,12 +154,6 @@ class SweepFile(_Strict):
     def _one_is_a_list(cls, value: Any) -> Any:
         return [] if value is None else [value] if isinstance(value, (str, dict)) else value
 
-    @field_validator("max_concurrent_trials", mode="before")
-    @classmethod
-    def _auto(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "auto":
-            raise ValueError("expected an integer >= 1 or auto")
-        return None if value == "auto" else value
 
 
 @dataclass(frozen=True)
