@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
-    if rest == ["--list"]:
+    if "--list" in rest:
+        if rest != ["--list"]:
+            print("error: --list takes nothing else (it lists the shipped sweeps)", file=sys.stderr)
+            return USAGE_EXIT
         return list_sweeps()
     return run_cli(lambda overrides, print_config: _sweep(overrides, print_config, flags), __doc__ or "", rest,
                    hydra_flags=True)

@@ -319,6 +319,8 @@ def test_shipped_sweeps_by_name_from_any_folder(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "smoke.yaml").write_text("grid: {model: [tiny_llama]}\n", encoding="utf-8")
     assert sweep_main(["--cfg", "smoke.yaml"]) == 0  # a file of the user's wins over a shipped name
     assert "sweep smoke: 1 trials" in capsys.readouterr().out
+    assert sweep_main(["smoke", "--list"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --list takes nothing else (it lists the shipped sweeps)"
     assert sweep_main(["smok"]) == 2
     err = capsys.readouterr().err
     assert "sweep file not found: smok (give a path, or the name of a shipped sweep: family_comparison" in err
