@@ -85,7 +85,6 @@ def _configs(arguments: list[str], print_config: str | None) -> list[Any] | None
 
     if arguments and "=" not in arguments[0] and (arguments[0].endswith((".yaml", ".yml"))
                                                   or arguments[0] in shipped_sweeps()):
-
         plan = load_sweep(arguments[0], arguments[1:])
         if print_config:
             print(plan.render())

@@ -29,8 +29,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Sequence
 
@@ -153,7 +153,6 @@ class SweepFile(_Strict):
     @classmethod
     def _one_is_a_list(cls, value: Any) -> Any:
         return [] if value is None else [value] if isinstance(value, (str, dict)) else value
-
 
 
 @dataclass(frozen=True)
