@@ -85,6 +85,10 @@ def _explain(exc: Exception, overrides: Sequence[str]) -> str:
     if missing and missing.group(1) in GROUPS:
         group, option = missing.groups()
         return f"unknown {group} option {option!r} (valid: {', '.join(group_options(group))})"
+    in_file = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", text, re.DOTALL)
+    if in_file:  # an option file sets a key its section does not have
+        option, key = in_file.groups()
+        return f"unknown config key {key!r} (set in {option}.yaml)"
     no_match = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if no_match:
         key = no_match.group(1)
@@ -151,6 +155,9 @@ def _compose_unresolved(overrides: Sequence[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from slm_ray.config_defaults import register_defaults
+
+    register_defaults()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name="config", overrides=[*overrides, *search_path_override()])
@@ -181,6 +188,9 @@ def _compose(overrides: Sequence[str], with_hydra: bool) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from slm_ray.config_defaults import register_defaults
+
+    register_defaults()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[*overrides, *search_path_override()],

@@ -103,10 +103,13 @@ class ModelConfig(Section):
 
     target: str | None = Field(default=None, alias="_target_")
     name: FolderName
+    #: hf (transformers) | vllm ('slm-ray[gpu]'; on CPU 'slm-ray[cpu-vllm]': docs/GPU.md)
     backend: Literal["hf", "vllm"] = "hf"
+    #: hub | local (a folder) | gguf_package (a GGUF shipped in a PyPI package) | tiny (tests)
     source: Literal["hub", "local", "gguf_package", "tiny"] = "hub"
     path: str
     gguf_file: str | None = None
+    #: tiny models only: llama | qwen3
     architecture: Literal["llama", "qwen3"] | None = None
     #: ``auto`` = bf16 where the hardware computes it natively (a GPU of compute capability 8.0+, a CPU
     #: with AVX-512 BF16 or AMX), float32 otherwise; results.json records the choice and why.
@@ -114,20 +117,32 @@ class ModelConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
+    #: Passages are truncated so that the prompt fits.
     max_prompt_tokens: int = Field(default=2048, ge=64)
+    #: 0 = greedy; sampling is seeded by ``seed``.
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = 0
+    #: bitsandbytes int8 weights (pip install 'slm-ray[quant]').
     load_in_8bit: bool = False
+    #: auto = flash_attention_2 when installed and on a GPU, else sdpa.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    #: The answer ends at the first of these.
     stop: tuple[str, ...] = ("\n",)
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: gc + CUDA cache cleanup every N examples.
     cleanup_every: int = Field(default=100, ge=1)
+    #: vLLM: the share of GPU memory for weights + KV cache.
     gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(default=None, ge=64)
+    #: vLLM: the context length to reserve KV cache for; null = the model's own (long for Qwen3).
+    max_model_len: int | None = Field(default=4096, ge=64)
+    #: vLLM: null = eager on CPU, vLLM's default (CUDA graphs) on a GPU.
     enforce_eager: bool | None = None
+    #: vLLM on CPU: host memory for the KV cache; null = 4 full-length sequences, <= 15% of free memory.
     cpu_kv_cache_gb: float | None = Field(default=None, gt=0.0)
+    #: vLLM on CPU: OpenMP threads; null = the Ray worker's CPUs, else vLLM's binding.
     cpu_threads: int | None = Field(default=None, ge=1)
+    #: GPUs per sweep trial.
     num_gpus: float = Field(default=1.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -142,14 +157,24 @@ class ModelConfig(Section):
         return self
 
 
+#: A question file's columns by role (``dataset.fields``): ``id`` null = the file's own "id" column
+#: when it has one, else row numbers; ``context`` (a gold-passage column) enables oracle_context.
+DATASET_FIELDS: dict[str, str | None] = {"question": "question", "answers": "answers", "id": None,
+                                         "context": None, "title": None}
+#: A corpus file's columns by role (``corpus.fields``).
+CORPUS_FIELDS: dict[str, str] = {"id": "id", "title": "title", "text": "text"}
+
+
 class DatasetConfig(Section):
     """Where the questions come from. ``fields`` maps a user file's columns to ours."""
 
     target: str = Field(alias="_target_")
     name: FolderName
     path: str
+    #: auto (from the extension) | jsonl | csv | parquet
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
-    fields: dict[str, str | None] = Field(default_factory=dict)
+    fields: dict[str, str | None] = Field(default_factory=lambda: dict(DATASET_FIELDS))
+    #: The first N questions (a seeded sample of N with ``sample: true``).
     limit: int | None = Field(default=None, ge=1)
     sample: bool = False
     seed: int = 0
@@ -159,11 +184,10 @@ class DatasetConfig(Section):
     @field_validator("fields")
     @classmethod
     def _known_fields(cls, value: dict[str, str | None]) -> dict[str, str | None]:
-        allowed = {"id", "question", "answers", "context", "title"}
-        unknown = sorted(set(value) - allowed)
+        unknown = sorted(set(value) - set(DATASET_FIELDS))
         if unknown:
-            raise ValueError(f"unknown field name {unknown[0]!r} (valid: {', '.join(sorted(allowed))})")
-        return value
+            raise ValueError(f"unknown field name {unknown[0]!r} (valid: {', '.join(sorted(DATASET_FIELDS))})")
+        return {**DATASET_FIELDS, **value}
 
 
 class CorpusConfig(Section):
@@ -172,7 +196,15 @@ class CorpusConfig(Section):
     name: FolderName
     path: str
     format: Literal["auto", "jsonl", "parquet"] = "auto"
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, str] = Field(default_factory=lambda: dict(CORPUS_FIELDS))
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CORPUS_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field name {unknown[0]!r} (valid: {', '.join(sorted(CORPUS_FIELDS))})")
+        return {**CORPUS_FIELDS, **value}
 
 
 class BM25Config(Section):

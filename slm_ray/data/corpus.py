@@ -76,7 +76,7 @@ def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
     path, display = corpus_file(corpus_cfg, cache_dir), corpus_cfg.path
     if Path(corpus_cfg.path).expanduser().is_dir():  # a BEIR folder
         display = f"{corpus_cfg.path.rstrip('/')}/{path.name}"
-    fields = {"id": "id", "title": "title", "text": "text", **corpus_cfg.fields}
+    fields = dict(corpus_cfg.fields)
     ids = checks.UniqueIds("passage id")
     passages: list[Passage] = []
     dpr_layout = False

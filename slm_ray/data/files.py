@@ -15,6 +15,7 @@ from slm_ray.data import beir, checks, dpr
 from slm_ray.data.base import BaseDataset, Passage, QAExample
 from slm_ray.data.checks import require_columns
 from slm_ray.data.readers import FORMATS, detect_format, iter_jsonl, iter_rows
+from slm_ray.config import DATASET_FIELDS
 
 __all__ = ["FORMATS", "FileDataset", "detect_format", "iter_jsonl"]
 
@@ -33,7 +34,7 @@ class FileDataset(BaseDataset):
                  split: str | None = None):
         super().__init__(name, path, limit, sample, seed, cache_dir)
         self.format = fmt
-        self.fields = {"question": "question", "answers": "answers", **fields}
+        self.fields = {**DATASET_FIELDS, **fields}
         self.split = split
 
     @classmethod
