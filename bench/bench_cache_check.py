@@ -57,8 +57,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from slm_ray import cache_entry
-from slm_ray.cache_manifest import file_crc32, verify_manifest
+from slm_ray.store import cache_entry
+from slm_ray.store.cache_manifest import file_crc32, verify_manifest
 
 ROOT = Path(__file__).resolve().parent
 TARGET = 0.10

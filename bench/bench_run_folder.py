@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import slm_ray.run_folder as run_folder
+import slm_ray.inputs as inputs_module
+import slm_ray.store.run_folder as run_folder
 from slm_ray.composition import compose_config
 from slm_ray.experiment import build_dataset, run_experiment
 
@@ -49,8 +50,8 @@ def fingerprint_cost(repeats: int, cache: Path) -> dict[str, float]:
     rag = compose_config([f"experiment.cache_dir={cache}", "tracker=none", "experiment_mode=retriever_context"])
     load = best_of(repeats, lambda: build_dataset(closed))
     examples = build_dataset(closed)
-    inputs = best_of(repeats, lambda: run_folder.run_inputs(closed, examples))
-    inputs_rag = best_of(repeats, lambda: run_folder.run_inputs(rag, examples))
+    inputs = best_of(repeats, lambda: inputs_module.run_inputs(closed, examples))
+    inputs_rag = best_of(repeats, lambda: inputs_module.run_inputs(rag, examples))
     return {"dataset_load_s": load, "inputs_s": inputs, "inputs_with_corpus_s": inputs_rag,
             "inputs_over_load": inputs / load, "inputs_with_corpus_over_load": inputs_rag / load}
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from slm_ray.console import main
+from slm_ray.commands import main
 
 sys.exit(main())

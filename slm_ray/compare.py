@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from slm_ray.cli import run_cli
 from slm_ray.errors import CompareError
-from slm_ray.sweep_folder import SweepFolder, is_sweep_folder
+from slm_ray.store.sweep_folder import SweepFolder, is_sweep_folder
 
 OUTPUT_FILES = ("compare.md", "compare.json", "compare.png")
 KIND = "slm_ray.compare"  # marks compare.json as ours: a later comparison may replace the three files
@@ -135,7 +135,7 @@ def _check_sweep(sweep: Path) -> None:
 
 
 def _trial_names(sweep: Path) -> list[str]:
-    from slm_ray.run_folder import REPLACED_MARK
+    from slm_ray.store.run_folder import REPLACED_MARK
 
     planned = [t.get("name") for t in SweepFolder(sweep).read_plan().get("trials", []) if t.get("name")]
     trials = SweepFolder(sweep).trials_dir
@@ -159,7 +159,7 @@ def _trial_folder(sweep: Path, name: str) -> Path:
 
 def check_finished(folder: Path) -> None:
     """A finished run: results.json readable; otherwise one line saying what the folder is."""
-    from slm_ray.run_folder import PREDICTIONS, RESULTS, RunFolder
+    from slm_ray.store.run_folder import PREDICTIONS, RESULTS, RunFolder
 
     run = RunFolder(folder)
     if not folder.is_dir():
@@ -184,7 +184,7 @@ def compare_runs(folder_a: Path, folder_b: Path, name_a: str, name_b: str, n_res
                  seed: int = 0) -> dict[str, Any]:
     """The paired comparison of two finished runs as one JSON-ready dict (refuses unmatched runs)."""
     from slm_ray.evaluation.paired import compare_pairs, match_predictions
-    from slm_ray.run_folder import RunFolder
+    from slm_ray.store.run_folder import RunFolder
 
     runs = {"a": RunFolder(folder_a), "b": RunFolder(folder_b)}
     rows = {key: run.predictions() for key, run in runs.items()}
@@ -271,8 +271,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 def check_output_folder(out: Path) -> None:
     """Refuse before any work when the outputs would replace a file that is not a previous comparison,
     or land in a run folder (a run folder holds only a run's files)."""
-    from slm_ray.io import read_json
-    from slm_ray.run_folder import PREDICTIONS, RESULTS
+    from slm_ray.store.io import read_json
+    from slm_ray.store.run_folder import PREDICTIONS, RESULTS
 
     if out.exists() and not out.is_dir():
         raise CompareError(f"--out {out} is a file, not a folder: give a folder")
@@ -288,7 +288,7 @@ def check_output_folder(out: Path) -> None:
 
 def write_outputs(out: Path, report: dict[str, Any]) -> list[str]:
     """compare.png, compare.json, compare.md, each written whole (a temporary file renamed)."""
-    from slm_ray.io import atomic_write_json, atomic_write_text
+    from slm_ray.store.io import atomic_write_json, atomic_write_text
 
     try:
         out.mkdir(parents=True, exist_ok=True)

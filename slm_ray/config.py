@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.fields import FieldInfo
 
 from slm_ray.errors import ConfigError
-from slm_ray.names import check_name
+from slm_ray.store.names import check_name
 
 ExperimentMode = Literal["no_context", "oracle_context", "retriever_context"]
 EXPERIMENT_MODES: tuple[str, ...] = ("no_context", "oracle_context", "retriever_context")

@@ -5,7 +5,7 @@ generator it keeps loaded and a client of the shared retriever actor.
 
 Predictions are appended batch by batch, so an interrupted run resumes where it stopped; the
 summary files are written atomically at the end and can be recomputed from the predictions. The
-folder itself (lock, inputs, segments, reading) belongs to ``slm_ray.run_folder``.
+folder itself (lock, inputs, segments, reading) belongs to ``slm_ray.store.run_folder``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from slm_ray.evaluation.memory import MemoryMonitor
 from slm_ray.evaluation.metrics import aggregate, score_example
 from slm_ray.evaluation.retrieval_check import low_recall_warning
 from slm_ray.generation.base import BaseModel
+from slm_ray.inputs import run_inputs
 from slm_ray.logs import FILE_ONLY
 from slm_ray.redaction import mask_secrets
-from slm_ray.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs, InputsChanged,
-                                RunFolder, RunSession, aggregate_segments, now_iso, run_inputs)
+from slm_ray.store.run_folder import (CONFIG, LOG, MEMORY, OUTPUT_SETTING, PREDICTIONS, RESULTS, Inputs,
+                                      InputsChanged, RunFolder, RunSession, aggregate_segments, now_iso)
 from slm_ray.tracking import build_tracker
 
 log = logging.getLogger("slm_ray.experiment")

@@ -144,3 +144,18 @@ def worker_output_to(sorter: LineSorter) -> Iterator[None]:
     finally:
         dispatcher.handlers = saved_handlers
         worker.print_to_stdstream = saved_printer
+
+
+@contextmanager
+def without_loading_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a model or encoder loads: a run says what it
+    loads in its own log lines, and a bar's carriage returns garble the console and the logs."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()

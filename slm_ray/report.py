@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(arguments: list[str], print_config: bool) -> int:
     from slm_ray.errors import SlmRayError
     from slm_ray.reporting.summary import write_summary
-    from slm_ray.run_folder import holder_of
+    from slm_ray.store.run_folder import holder_of
 
     if len(arguments) != 1:
         raise SlmRayError("give one sweep folder: slm-ray report outputs/sweeps/<name>")
@@ -93,7 +93,7 @@ def _same(a: Any, b: Any) -> bool:
 def verify(folder: str | Path) -> tuple[int, list[str]]:
     """(trials checked, differences found) for a sweep folder or one experiment folder."""
     from slm_ray.errors import SlmRayError
-    from slm_ray.run_folder import REPLACED_MARK, RESULTS
+    from slm_ray.store.run_folder import REPLACED_MARK, RESULTS
 
     folder = Path(folder)
     if (folder / RESULTS).is_file():
@@ -104,7 +104,7 @@ def verify(folder: str | Path) -> tuple[int, list[str]]:
                   if p.is_dir() and (p / RESULTS).is_file() and REPLACED_MARK not in p.name}
         sweep = True
     else:
-        from slm_ray.run_folder import RunFolder
+        from slm_ray.store.run_folder import RunFolder
 
         if RunFolder(folder).has_answers():
             raise SlmRayError(f"{folder} is a run that is not finished ({RunFolder(folder).count_predictions()} "
@@ -126,7 +126,7 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
     """Re-score one trial; append its differences to ``problems``; return the recomputed summary row."""
     from slm_ray.errors import SlmRayError
     from slm_ray.evaluation.metrics import aggregate, score_example
-    from slm_ray.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, answers_example, parse_predictions
+    from slm_ray.store.run_folder import CONFIG, PREDICTIONS, RESULTS, RunFolder, answers_example, parse_predictions
 
     run = RunFolder(path)
     results, raw_config = run.raw_results(), run.config()
@@ -193,7 +193,8 @@ def _verify_trial(name: str, path: Path, problems: list[str]) -> dict[str, Any]:
 def _input_changes(run: Any, raw_config: dict[str, Any], examples: list[Any]) -> list[str]:
     """How the run's recorded inputs (inputs.json) differ from its config and data as they are now."""
     from slm_ray.config import ExperimentConfig
-    from slm_ray.run_folder import INPUTS, run_inputs
+    from slm_ray.inputs import run_inputs
+    from slm_ray.store.run_folder import INPUTS
 
     stored = run.inputs()
     if stored is None:
@@ -222,8 +223,8 @@ def _dataset_examples(raw_config: dict[str, Any]) -> list[Any] | None:
 
 def _verify_plan(folder: Path, recomputed: dict[str, Any], in_summary: set[str], problems: list[str]) -> None:
     """Every trial of sweep.json has results (summary.json or not), made with the plan's settings."""
-    from slm_ray.fingerprints import stable_hash, without_resolved
-    from slm_ray.run_folder import RunFolder
+    from slm_ray.store.fingerprints import stable_hash, without_resolved
+    from slm_ray.store.run_folder import RunFolder
 
     try:
         planned = json.loads((folder / "sweep.json").read_text(encoding="utf-8")).get("trials") or []
@@ -247,7 +248,7 @@ def _verify_plan(folder: Path, recomputed: dict[str, Any], in_summary: set[str],
 def _verify_summary(folder: Path, recomputed: dict[str, dict[str, Any]], problems: list[str]) -> None:
     """summary.json and summary.csv agree with the recomputed metrics (where they exist); every trial
     they list has its folder and results, and none failed or is unfinished."""
-    from slm_ray.results import flat_metrics
+    from slm_ray.store.results import flat_metrics
 
     sources: dict[str, dict[str, dict[str, Any]]] = {}
     try:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from slm_ray.cache_entry import load_or_build
-from slm_ray.cache_manifest import MANIFEST_NAME, verify_manifest, write_manifest
+from slm_ray.store.cache_entry import load_or_build
+from slm_ray.store.cache_manifest import MANIFEST_NAME, verify_manifest, write_manifest
 from slm_ray.config import BM25Config, DenseConfig
 from slm_ray.retrieval.base import build_or_load, index_key
 
@@ -313,7 +313,7 @@ def test_a_damaged_dequantised_smollm2_is_dequantised_again(shared_cache: Path, 
 
 
 def test_an_entry_is_checked_by_content_once_per_process_until_a_file_changes(tmp_path: Path, monkeypatch) -> None:
-    import slm_ray.cache_entry as cache_entry
+    import slm_ray.store.cache_entry as cache_entry
 
     calls: list[Path] = []
     real = cache_entry.verify_manifest
@@ -341,7 +341,7 @@ def test_a_damaged_tiny_tokenizer_is_trained_again(tmp_path: Path, caplog: pytes
 
 
 def test_the_staging_folder_of_a_killed_build_is_cleared_by_the_next_build(tmp_path: Path) -> None:
-    from slm_ray.cache_entry import load_or_build
+    from slm_ray.store.cache_entry import load_or_build
 
     leftover = tmp_path / ".entry.k3j2h1xq"  # what atomic_folder leaves when its process is killed
     leftover.mkdir()

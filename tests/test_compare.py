@@ -127,7 +127,7 @@ def _answer_right(folder: Path, right: set[int]) -> None:
     experiment does (predictions and results.json stay consistent): the tiny model's own answers are
     noise that scores 0 everywhere, which no paired statistic could be checked on."""
     from slm_ray.evaluation.metrics import aggregate, score_example
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
 
     rows = _predictions(folder)
     for row in rows:
@@ -148,7 +148,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> 
     without Ray, with its sweep.json: what the sweep engine leaves behind; each trial then answers
     its ``RIGHT`` questions correctly."""
     from slm_ray.experiment import run_experiment
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
     from slm_ray.sweeps.spec import load_sweep
 
     root = tmp_path_factory.mktemp("compare")
@@ -190,7 +190,7 @@ def _results(folder: Path) -> dict[str, Any]:
 
 
 def _predictions(folder: Path) -> list[dict[str, Any]]:
-    from slm_ray.run_folder import read_predictions
+    from slm_ray.store.run_folder import read_predictions
 
     return read_predictions(folder / "predictions.jsonl")
 
@@ -320,7 +320,7 @@ def test_refusals_are_one_line_and_write_nothing(tiny_sweep: Path, tmp_path: Pat
 
 def test_a_failed_or_unfinished_trial_of_a_sweep_is_refused(sweep_copy: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
 
     closed, oracle = _trial(sweep_copy, "no_context"), _trial(sweep_copy, "oracle_context")
     atomic_write_json(oracle / "trial.json", {"status": "failed", "error": "DataError: boom"})
@@ -396,7 +396,7 @@ def test_summary_pairs_every_setting_with_closed_book_and_oracle(sweep_copy: Pat
 
 
 def test_summary_skips_pairs_of_failed_or_unfinished_trials_and_says_so(sweep_copy: Path) -> None:
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
     from slm_ray.reporting.summary import write_summary
 
     oracle = _trial(sweep_copy, "oracle_context")

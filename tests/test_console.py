@@ -308,7 +308,7 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(sweep_env: 
 def test_a_command_with_no_work_to_save_stopped_by_a_signal_does_not_claim_any(
         command: list[str], patched: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """Issue 19: ``--cfg`` stopped by SIGTERM said "finished work is saved; run the same command again"."""
-    from slm_ray.console import main as slm_ray_main
+    from slm_ray.commands import main as slm_ray_main
 
     def stopped(*args: object, **kwargs: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the entry point's handler turns it into KeyboardInterrupt

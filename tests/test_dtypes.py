@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slm_ray.generation import dtypes
-from slm_ray.generation.dtypes import choose_dtype, cpu_flags_of_this_machine
+from slm_ray.dtypes import choose_dtype, cpu_flags_of_this_machine
 
 
 @pytest.mark.parametrize(("device", "flags", "capability", "expected"), [
@@ -41,7 +41,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_older_results_without_dtype_fields_still_read() -> None:
-    from slm_ray.results import Results
+    from slm_ray.store.results import Results
 
     old = {"experiment": "e", "experiment_mode": "no_context", "model": "m", "dataset": "nq", "n_examples": 1,
            "metrics": {"token_recall": {"mean": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 1}},
@@ -69,7 +69,7 @@ def test_dense_index_key_holds_the_encoder_dtype() -> None:
 
 
 def test_resume_key_holds_the_resolved_dtype() -> None:
-    from slm_ray.fingerprints import answer_settings, reconcile_resolved, without_resolved
+    from slm_ray.store.fingerprints import answer_settings, reconcile_resolved, without_resolved
 
     config = {"model": {"dtype": "auto", "batch_size": 4}, "retriever": {"dtype": "float32"},
               "experiment_mode": "retriever_context"}
@@ -91,7 +91,8 @@ def _fake_cpu(monkeypatch: pytest.MonkeyPatch, *flags: str) -> None:
 
 def test_a_run_records_its_dtype_and_a_bf16_folder_refuses_a_float32_resume(make_config, monkeypatch) -> None:
     from slm_ray.experiment import build_dataset, output_dir, run_experiment
-    from slm_ray.run_folder import InputsChanged, RunFolder, run_inputs
+    from slm_ray.inputs import run_inputs
+    from slm_ray.store.run_folder import InputsChanged, RunFolder
 
     cfg = make_config("model=tiny_llama", "model.dtype=auto", "model.device=cpu", "dataset.limit=4",
                       "experiment.name=auto_dtype")

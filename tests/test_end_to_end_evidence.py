@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from slm_ray.experiment import PREDICTIONS, output_dir, run_experiment
-from slm_ray.run_folder import read_predictions
+from slm_ray.store.run_folder import read_predictions
 
 pytestmark = [
     pytest.mark.slow,

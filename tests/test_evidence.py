@@ -11,7 +11,7 @@ import pytest
 
 from slm_ray.evaluation.metrics import passages_with_answer
 from slm_ray.experiment import PREDICTIONS, output_dir, run_experiment
-from slm_ray.run_folder import read_predictions
+from slm_ray.store.run_folder import read_predictions
 
 NEW_KEYS = ("retrieved", "first_answer_rank")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slm_ray.experiment import PREDICTIONS, output_dir, run_experiment
-from slm_ray.run_folder import InputsChanged, read_predictions
+from slm_ray.store.run_folder import InputsChanged, read_predictions
 
 MODES = ["no_context", "oracle_context", "retriever_context"]
 

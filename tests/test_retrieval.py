@@ -82,7 +82,7 @@ def test_two_processes_wanting_one_index_build_it_once(tmp_path: Path, race_two_
 
 
 def test_a_lost_rename_race_keeps_the_other_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from slm_ray import io
+    from slm_ray.store import io
 
     target = tmp_path / "entry"
     real_replace = os.replace

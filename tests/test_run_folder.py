@@ -18,8 +18,8 @@ import pytest
 
 from slm_ray.experiment import output_dir, run_experiment
 from slm_ray.run import main as run_main
-from slm_ray.run_folder import (LOCK, PREDICTIONS, REPLACED_MARK, BadPredictions, FolderLock, InputsChanged,
-                                read_predictions)
+from slm_ray.store.run_folder import (LOCK, PREDICTIONS, REPLACED_MARK, BadPredictions, FolderLock, InputsChanged,
+                                      read_predictions)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny_llama", "tracker=none", "experiment.bootstrap_resamples=50"]
@@ -180,7 +180,7 @@ def test_a_crash_after_the_last_answer_finishes_with_the_measured_throughput(mak
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """A live process holding ``folder``'s lock, as a running experiment does."""
-    code = ("import sys, time; from pathlib import Path; from slm_ray.run_folder import FolderLock; "
+    code = ("import sys, time; from pathlib import Path; from slm_ray.store.run_folder import FolderLock; "
             "FolderLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -286,7 +286,7 @@ def test_a_name_that_would_escape_or_break_the_output_root_is_refused(override, 
 @pytest.mark.parametrize("name,problem", [("x\n", "control character"), ("a" * 161, "161 characters"),
                                           ("a..b", "'..'"), ("a/b", "separator"), ("", "empty"), ("ok_name-1.5=x+y", None)])
 def test_one_check_for_every_name(name: str, problem: str | None) -> None:
-    from slm_ray.names import name_problem
+    from slm_ray.store.names import name_problem
 
     found = name_problem(name)
     assert (found is None) if problem is None else (problem in found)
@@ -521,7 +521,7 @@ def test_a_run_into_a_trial_folder_of_a_running_sweep_is_refused(in_tmp, tmp_pat
 
 
 def test_a_sweep_trial_refuses_data_changed_since_the_driver_checked_it(make_config, tmp_path) -> None:
-    from slm_ray.run_folder import run_inputs
+    from slm_ray.inputs import run_inputs
     from slm_ray.experiment import build_dataset
 
     data = _qa(tmp_path / "qa.jsonl", ["q one", "q two"])

@@ -117,7 +117,7 @@ def test_resume_states_report_and_summary(tmp_path: Path, monkeypatch: pytest.Mo
     from slm_ray.report import main as report_main
     from slm_ray.sweeps.engine import trial_state
     from slm_ray.reporting.summary import write_summary
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
 
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "s.yaml"
@@ -219,7 +219,7 @@ def test_an_edited_cached_retrieval_is_dropped_and_searched_again(tmp_path: Path
 @pytest.fixture
 def two_trial_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_cache_dir: Path) -> tuple[Path, Any]:
     """A sweep of two tiny trials, both run (directly, without Ray) and summarised once."""
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
     from slm_ray.reporting.summary import write_summary
 
     monkeypatch.chdir(tmp_path)
@@ -243,7 +243,7 @@ grid:
 def test_report_refuses_a_sweep_that_is_running_and_writes_nothing(two_trial_sweep, capsys) -> None:
     """Issue 19: report wrote a summary into a running sweep (the driver holds the sweep folder's lock)."""
     from slm_ray.report import main as report_main
-    from slm_ray.run_folder import FolderLock
+    from slm_ray.store.run_folder import FolderLock
 
     sweep_dir, _ = two_trial_sweep
     before = {p.name: p.read_bytes() for p in sweep_dir.iterdir() if p.is_file()}

@@ -510,7 +510,7 @@ def test_cpu_engine_arguments(monkeypatch) -> None:
     gpu = vllm_backend.engine_kwargs(_model("model.enforce_eager=true"), "m", "cuda")
     assert gpu["enforce_eager"] is True and "kv_cache_memory_bytes" not in gpu and gpu["dtype"] == "float32"
     assert vllm_backend.engine_kwargs(_model("model.dtype=auto"), "m", "cuda")["dtype"] == "bfloat16"
-    from slm_ray.generation.dtypes import choose_dtype  # auto on a CPU: what this CPU computes natively
+    from slm_ray.dtypes import choose_dtype  # auto on a CPU: what this CPU computes natively
 
     auto_cpu = vllm_backend.engine_kwargs(_model("model.dtype=auto"), "m", "cpu", arch, 20 * GIB)
     assert auto_cpu["dtype"] == choose_dtype("auto", "cpu")[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from slm_ray.errors import FolderUnusable, unwritable
-from slm_ray.run_folder import PREDICTIONS, RESULTS, read_predictions
+from slm_ray.store.run_folder import PREDICTIONS, RESULTS, read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny_llama", "tracker=none", "experiment.bootstrap_resamples=20"]
@@ -161,7 +161,7 @@ def test_a_full_cache_disk_is_one_line_and_leaves_no_staging_folder(tmp_path: Pa
 
 def test_a_cache_build_that_fails_outside_python_on_a_full_disk_is_the_same_line(tmp_path: Path, tmpfs) -> None:
     """faiss and safetensors report a full disk with their own exceptions, not OSError."""
-    from slm_ray.cache_entry import load_or_build
+    from slm_ray.store.cache_entry import load_or_build
 
     full = tmpfs("cache", "size=64k")
 
@@ -194,7 +194,7 @@ def test_an_output_disk_that_fills_mid_run_is_one_line_and_keeps_every_whole_ans
 
 
 def test_report_into_a_full_sweep_folder_is_one_line(tmp_path: Path, tmpfs) -> None:
-    from slm_ray.io import atomic_write_json
+    from slm_ray.store.io import atomic_write_json
 
     sweep = tmpfs("sweep", "size=16k")
     (sweep / "trials").mkdir()

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from slm_ray.errors import ConfigError
-from slm_ray.logs import STEP
+from slm_ray.logs import STEP, without_loading_bars
 
 log = logging.getLogger("slm_ray.generation")
 
@@ -35,8 +34,8 @@ def packaged_gguf_folder(package: str, gguf_file: str) -> Path:
 
 def model_dtype(cfg: Any, device: str) -> tuple[str, str]:
     """(dtype, reason) the model computes in: ``model.dtype``, with ``auto`` decided by the hardware
-    (``slm_ray.generation.dtypes.choose_dtype``)."""
-    from slm_ray.generation.dtypes import choose_dtype
+    (``slm_ray.dtypes.choose_dtype``)."""
+    from slm_ray.dtypes import choose_dtype
 
     return choose_dtype(cfg.dtype, device)
 
@@ -84,7 +83,7 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
     """(tokenizer, model in eval mode on its device, device) for the ``model`` config section."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slm_ray.generation.dtypes import torch_dtype
+    from slm_ray.dtypes import torch_dtype
 
     device = resolve_device(cfg.device)
     dtype = torch_dtype(model_dtype(cfg, device)[0])
@@ -117,25 +116,10 @@ def load_tokenizer_and_model(cfg: Any, cache_dir: str | Path) -> tuple[Any, Any,
     return tokenizer, model.eval(), device
 
 
-@contextmanager
-def without_loading_bars() -> Iterator[None]:
-    """transformers' "Loading weights" bar off while a model or encoder loads: a run says what it
-    loads in its own log lines, and a bar's carriage returns garble the console and the logs."""
-    from transformers.utils import logging as transformers_logging
-
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
-
-
 def prepare_local_copy(cfg: Any, cache_dir: str | Path) -> bool:
     """Make the local copy a load of the ``model`` config reads (a packaged GGUF's dequantised
     safetensors) before any trial needs it; True when made now, False when there was nothing to do."""
-    from slm_ray.generation.dtypes import torch_dtype
+    from slm_ray.dtypes import torch_dtype
 
     if cfg.source != "gguf_package":
         return False
@@ -146,7 +130,7 @@ def prepare_local_copy(cfg: Any, cache_dir: str | Path) -> bool:
 def _dequantised_copy(folder: Path, gguf_file: str, dtype: Any, cache_dir: Path) -> tuple[Path, bool]:
     """A safetensors copy of a GGUF model (made once), so that loading takes ~1 s, not ~20 s. The
     copy is used only if every file matches its manifest; otherwise it is dequantised again."""
-    from slm_ray.cache_entry import load_or_build
+    from slm_ray.store.cache_entry import load_or_build
 
     target = cache_dir / "models" / f"{Path(gguf_file).stem}-{str(dtype).removeprefix('torch.')}"
 

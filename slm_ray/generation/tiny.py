@@ -32,7 +32,7 @@ def build_tokenizer(cache_dir: str | Path):
     entry like the others: checked against its manifest, rebuilt when damaged)."""
     from transformers import AutoTokenizer
 
-    from slm_ray.cache_entry import load_or_build
+    from slm_ray.store.cache_entry import load_or_build
 
     folder = Path(cache_dir) / "models" / "tiny-tokenizer"
     load_or_build(folder, _train_tokenizer, load=lambda f: AutoTokenizer.from_pretrained(f), what="tiny tokenizer")

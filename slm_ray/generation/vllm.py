@@ -48,7 +48,7 @@ from typing import Any, Iterator, Literal, Sequence
 from slm_ray.environ import environment
 from slm_ray.errors import ConfigError
 from slm_ray.generation.base import BaseModel, Generation, cut_at_stop
-from slm_ray.generation.dtypes import choose_dtype
+from slm_ray.dtypes import choose_dtype
 from slm_ray.logs import STEP
 
 log = logging.getLogger("slm_ray.generation")

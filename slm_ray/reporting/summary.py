@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.config import EXPERIMENT_MODES
-from slm_ray.io import atomic_write_json, atomic_write_text, read_json
-from slm_ray.results import peak_gpu
+from slm_ray.store.io import atomic_write_json, atomic_write_text, read_json
+from slm_ray.store.results import peak_gpu
 from slm_ray.errors import writes_to
-from slm_ray.run_folder import OUTPUT_SETTING, REPLACED_MARK, RESULTS, RunFolder
-from slm_ray.sweep_folder import PLAN, STATS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, TRIAL_RECORD, TRIALS
+from slm_ray.store.run_folder import OUTPUT_SETTING, REPLACED_MARK, RESULTS, RunFolder
+from slm_ray.store.sweep_folder import PLAN, STATS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, TRIAL_RECORD, TRIALS
 
 log = logging.getLogger("slm_ray.sweep")
 

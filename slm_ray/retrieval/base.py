@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slm_ray.cache_entry import load_or_build
+from slm_ray.store.cache_entry import load_or_build
 from slm_ray.data.base import Passage
 from slm_ray.data.corpus import corpus_fingerprint
-from slm_ray.io import atomic_write_json
+from slm_ray.store.io import atomic_write_json
 
 log = logging.getLogger("slm_ray.retrieval")
 
@@ -100,7 +100,7 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
     """A ready retriever, loaded from the cache when possible. Returns (retriever, built_now).
 
     A cached index is used only if every file matches its manifest and it loads; otherwise it is
-    rebuilt (see ``slm_ray.cache_entry``). A new index is written to a staging folder and renamed
+    rebuilt (see ``slm_ray.store.cache_entry``). A new index is written to a staging folder and renamed
     into place, so an interrupted build never leaves a half-written index that a later run trusts.
     """
     return _cached_index(retriever_cfg, passages, cache_dir, load=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.errors import ConfigError
-from slm_ray.logs import STEP
+from slm_ray.logs import STEP, without_loading_bars
 from slm_ray.retrieval.base import BaseRetriever, passage_text
 
 log = logging.getLogger("slm_ray.retrieval")
@@ -45,8 +45,8 @@ def encoder_device(config: Any) -> str:
 
 def encoder_dtype(config: Any) -> tuple[str, str]:
     """(dtype, reason) the encoder runs in: bf16 embeds the corpus ~2-3x faster on hardware with
-    native bf16 (``slm_ray.generation.dtypes.choose_dtype``)."""
-    from slm_ray.generation.dtypes import choose_dtype
+    native bf16 (``slm_ray.dtypes.choose_dtype``)."""
+    from slm_ray.dtypes import choose_dtype
 
     return choose_dtype(config.dtype, encoder_device(config))
 
@@ -85,8 +85,7 @@ class DenseRetriever(BaseRetriever):
         if self._encoder is None:
             from sentence_transformers import SentenceTransformer
 
-            from slm_ray.generation.dtypes import torch_dtype
-            from slm_ray.generation.sources import without_loading_bars
+            from slm_ray.dtypes import torch_dtype
 
             with without_loading_bars():
                 self._encoder = SentenceTransformer(resolve_encoder(self.config.encoder), device=self._device(),

@@ -41,7 +41,7 @@ CACHE_SETTING = "experiment.cache_dir"
 
 def service_key(cfg: Any) -> str:
     """One actor per distinct (retriever settings except k/name, corpus, cache dir)."""
-    from slm_ray.fingerprints import stable_hash
+    from slm_ray.store.fingerprints import stable_hash
 
     settings = {k: v for k, v in cfg.retriever.model_dump(by_alias=True).items() if k not in ("k", "name")}
     blob = {"retriever": settings, "corpus": cfg.corpus.model_dump(), "cache_dir": cfg.experiment.cache_dir}
@@ -90,7 +90,7 @@ class RetrieverService:
         self.corpus_seconds = time.perf_counter() - started
         self.index_key = index_key(self.config, self.passages)
         query_settings = {k: v for k, v in self.config.model_dump().items() if k in _RESULT_QUERY_KEYS}
-        from slm_ray.fingerprints import stable_hash
+        from slm_ray.store.fingerprints import stable_hash
 
         self._cache_stem = f"{self.index_key}-{stable_hash(query_settings, 8)}"
         self._retriever = None
@@ -169,7 +169,7 @@ class RetrieverService:
             except (ValueError, KeyError, TypeError):
                 dropped += 1
         if dropped or (text and not text.endswith("\n")):
-            from slm_ray.io import atomic_write_text
+            from slm_ray.store.io import atomic_write_text
 
             if dropped:
                 log.warning("retriever %s: dropped %d damaged cached answer(s) in %s; they are searched again",

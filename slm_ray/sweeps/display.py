@@ -156,7 +156,7 @@ def note_write_fault(folder: Path, exc: OSError) -> None:
     """A write under the sweep folder failed (full or read-only disk): the sweep stops with that one
     line once Tune has stopped (``events.StopOnWriteFault``). Any other OSError is raised."""
     from slm_ray.errors import unwritable
-    from slm_ray.run_folder import OUTPUT_SETTING
+    from slm_ray.store.run_folder import OUTPUT_SETTING
 
     error = unwritable(folder, exc, OUTPUT_SETTING)
     if error is None or ACTIVE is None:

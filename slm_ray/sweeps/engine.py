@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from slm_ray.cli import raise_interrupt
 from slm_ray.errors import describe_error
-from slm_ray.sweep_folder import SweepFolder, now_iso
+from slm_ray.store.sweep_folder import SweepFolder, now_iso
 from slm_ray.sweeps import display
 from slm_ray.sweeps.spec import SweepError, SweepPlan, Trial
 from slm_ray.reporting.summary import write_summary
@@ -54,8 +54,9 @@ def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None
     """
     from slm_ray.errors import SlmRayError
     from slm_ray.experiment import build_dataset
-    from slm_ray.fingerprints import stable_hash
-    from slm_ray.run_folder import FolderUnusable, InputsChanged, RunFolder, run_inputs
+    from slm_ray.store.fingerprints import stable_hash
+    from slm_ray.inputs import run_inputs
+    from slm_ray.store.run_folder import FolderUnusable, InputsChanged, RunFolder
 
     cfg = trial.config
     folder = RunFolder(trial_dir(trial, base))
@@ -89,7 +90,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, verbose: int = 0,
     local Ray starts its dashboard; None decides by the machine (``dashboard_by_default``).
     ``worker_env``: extra environment variables for the trial, retriever and prepare processes.
     """
-    from slm_ray.run_folder import OUTPUT_SETTING, PREDICTIONS, RESULTS, FolderLock
+    from slm_ray.store.run_folder import OUTPUT_SETTING, PREDICTIONS, RESULTS, FolderLock
 
     base = Path.cwd()
     sweep_abs = (base / plan.sweep_dir).resolve()

@@ -10,7 +10,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from slm_ray.errors import describe_error
-from slm_ray.sweep_folder import SweepFolder, now_iso
+from slm_ray.store.sweep_folder import SweepFolder, now_iso
 from slm_ray.sweeps import display
 from slm_ray.sweeps.trainable import MIRROR_FILES, MIRROR_LINES
 

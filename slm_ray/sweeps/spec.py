@@ -39,8 +39,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from slm_ray.composition import GROUPS, compose_config, compose_many, compose_raw, group_options
 from slm_ray.config import EXPERIMENT_MODES, ExperimentConfig, format_validation_error, validate_config
 from slm_ray.errors import ConfigError, SlmRayError
-from slm_ray.fingerprints import stable_hash
-from slm_ray.names import RULE, name_problem, safe_name
+from slm_ray.store.fingerprints import stable_hash
+from slm_ray.store.names import RULE, name_problem, safe_name
 from slm_ray.redaction import config_secrets, is_secret_key, override_key
 
 #: Axes that only change what a retriever_context trial retrieves.
@@ -216,7 +216,7 @@ class Trial:
     @property
     def answer_settings_hash(self) -> str:
         """What the trial's answers must have been made with (``report --verify`` compares it)."""
-        from slm_ray.fingerprints import answer_settings, without_resolved
+        from slm_ray.store.fingerprints import answer_settings, without_resolved
 
         return stable_hash(without_resolved(answer_settings(self.config.model_dump(by_alias=True))))
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slm_ray.results import METRICS
+from slm_ray.store.results import METRICS
 
 log = logging.getLogger("slm_ray.sweeps.trainable")
 
@@ -77,7 +77,7 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
     from slm_ray.experiment import output_dir, run_experiment
     from slm_ray.logs import setup_actor_logging
     from slm_ray.retrieval.service import RetrieverClient, enter_project_dir
-    from slm_ray.sweep_folder import SweepFolder
+    from slm_ray.store.sweep_folder import SweepFolder
 
     os.environ.update(config.get("env") or {})  # the sweep's worker_env (a node-local root, ClearML's cache)
     setup_actor_logging(f"generator-{os.getpid()}")
@@ -133,7 +133,7 @@ class _Progress:
     def pending_lines(self) -> dict[str, Any]:
         if not self.mirror:
             return {}
-        from slm_ray.run_folder import PREDICTIONS, complete_lines
+        from slm_ray.store.run_folder import PREDICTIONS, complete_lines
 
         lines = complete_lines(self.out / PREDICTIONS)
         new, self.sent = lines[self.sent:], len(lines)
@@ -151,7 +151,7 @@ class _Progress:
 
 def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """The flat numbers Tune keeps for a finished trial (every metric with its interval)."""
-    from slm_ray.results import Results
+    from slm_ray.store.results import Results
 
     typed = Results.model_validate(results)
     metrics: dict[str, Any] = {"examples_done": typed.n_examples}
@@ -165,7 +165,7 @@ def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
 
 def _trial_files(out: Path) -> dict[str, str]:
     """The small files of a finished trial, for the driver's copy."""
-    from slm_ray.run_folder import CONFIG, INPUTS, LOG, MEMORY, RESULTS, SEGMENTS
+    from slm_ray.store.run_folder import CONFIG, INPUTS, LOG, MEMORY, RESULTS, SEGMENTS
 
     return {name: (out / name).read_text(encoding="utf-8") for name in (RESULTS, MEMORY, CONFIG, INPUTS, SEGMENTS, LOG)
             if (out / name).is_file()}
@@ -174,8 +174,8 @@ def _trial_files(out: Path) -> dict[str, str]:
 def _merge_seed(out: Path, seed: dict[str, str]) -> None:
     """Before resuming on a node with its own disk: add the driver's copy of the trial's predictions
     (with the inputs and segments they belong to, which run_experiment then checks as usual)."""
-    from slm_ray.io import atomic_write_text
-    from slm_ray.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS, complete_lines, prediction_ids, unseen_lines
+    from slm_ray.store.io import atomic_write_text
+    from slm_ray.store.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS, complete_lines, prediction_ids, unseen_lines
 
     if not seed:
         return

@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from slm_ray.cache_manifest import verify_manifest, write_manifest
+from slm_ray.store.cache_manifest import verify_manifest, write_manifest
 from slm_ray.errors import WRITE_FAULTS, disk_fault, writes_to
-from slm_ray.io import atomic_folder, build_lock
+from slm_ray.store.io import atomic_folder, build_lock
 
 log = logging.getLogger("slm_ray.cache")
 

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from slm_ray.io import atomic_write_json
+from slm_ray.store.io import atomic_write_json
 
 MANIFEST_NAME = "cache-manifest.json"
 FORMAT = 1

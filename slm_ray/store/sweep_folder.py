@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from slm_ray.io import atomic_write_json, atomic_write_text, read_json
+from slm_ray.store.io import atomic_write_json, atomic_write_text, read_json
 
 PLAN = "sweep.json"
 STATS = "sweep_stats.json"
@@ -99,7 +99,7 @@ class SweepFolder:
 
     def seed_files(self, trial: str) -> dict[str, str]:
         """The driver's copy of an interrupted trial, for a node that has its own disk."""
-        from slm_ray.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS
+        from slm_ray.store.run_folder import CONFIG, INPUTS, PREDICTIONS, SEGMENTS
 
         folder = self.trial_dir(trial)
         return {name: (folder / name).read_text(encoding="utf-8") for name in (CONFIG, INPUTS, SEGMENTS, PREDICTIONS)
@@ -107,7 +107,7 @@ class SweepFolder:
 
     def mirror_lines(self, trial: str, lines: list[str], known: set[str] | None) -> set[str]:
         """Append a remote trial's new prediction lines (each example once); the ids now held."""
-        from slm_ray.run_folder import PREDICTIONS, append_prediction_lines
+        from slm_ray.store.run_folder import PREDICTIONS, append_prediction_lines
 
         return append_prediction_lines(self.trial_dir(trial) / PREDICTIONS, lines, known)
 

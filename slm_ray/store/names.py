@@ -41,7 +41,7 @@ def check_name(value: str) -> str:
 def safe_name(text: str) -> str:
     """``text`` turned into a safe folder name: other characters become ``_``, and a long name keeps
     its start and a hash of the whole, so that two long names stay distinct."""
-    from slm_ray.fingerprints import stable_hash
+    from slm_ray.store.fingerprints import stable_hash
 
     name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")
     name = re.sub(r"\.{2,}", ".", name)
