@@ -31,7 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {command!r} (valid: {', '.join(COMMANDS)}; slm-ray --help explains them)",
               file=sys.stderr)
         return 2
-    return int(importlib.import_module(COMMANDS[command]).main(rest))
+    try:
+        code = int(importlib.import_module(COMMANDS[command]).main(rest))
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
+        return code
+    except BrokenPipeError:  # `slm-ray sweep --list | head`: the reader left; no traceback for that
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        return 141  # 128 + SIGPIPE, as a shell reports a command a pipe stopped
 
 
 if __name__ == "__main__":
