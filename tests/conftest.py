@@ -11,10 +11,20 @@ from typing import Any
 
 import pytest
 
-# Nothing is fetched from a model hub in tests; local Ray clusters run without token auth.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Nothing is fetched from a model hub in tests; local Ray clusters run without token auth. Set for
+# the session (before collection: huggingface_hub reads HF_HUB_OFFLINE once, when a test module
+# first imports it) by a MonkeyPatch that pytest_unconfigure undoes; a value the caller set wins.
+SESSION_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+_session_env = pytest.MonkeyPatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, value in SESSION_ENV.items():
+        _session_env.setenv(name, os.environ.get(name, value))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session_env.undo()
 
 # --- S3: a real S3 endpoint (moto's server on localhost) for slm_ray.data.storage -----------------
 
