@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_ray.generation import dtypes
+from slm_ray import dtypes
 from slm_ray.dtypes import choose_dtype, cpu_flags_of_this_machine
 
 
