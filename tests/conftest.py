@@ -21,10 +21,22 @@ _session_env = pytest.MonkeyPatch()
 def pytest_configure(config: pytest.Config) -> None:
     for name, value in SESSION_ENV.items():
         _session_env.setenv(name, os.environ.get(name, value))
+    if os.environ.get(CHECK_MARKS) and not os.environ.get("RAY_TMPDIR"):
+        # Ray's sessions of this test run in a folder of its own, so that the check below never counts
+        # the session of another process on the machine (a second test run, a user's sweep). Short:
+        # Ray's socket paths under it must stay within the 107 bytes of a Unix socket's name.
+        import tempfile
+
+        _session_env.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="slmr-", dir="/tmp"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    private = os.environ.get("RAY_TMPDIR", "") if os.environ.get(CHECK_MARKS) else ""
     _session_env.undo()
+    if private.startswith("/tmp/slmr-") and private != os.environ.get("RAY_TMPDIR"):
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)
 
 # --- S3: a real S3 endpoint (moto's server on localhost) for slm_ray.data.storage -----------------
 
