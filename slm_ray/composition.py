@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from slm_ray.config import ExperimentConfig, validate_config
+from slm_ray.config import ExperimentConfig, is_schema_setting, validate_config
 from slm_ray.errors import ConfigError
 
 #: The built-in config tree, shipped inside the package so that an installed wheel composes from any
@@ -139,11 +139,19 @@ def compose_many(shared: Sequence[str], choices: Sequence[Sequence[str]],
         cfg = composed[key].copy()
         for path, value in extra.items():
             try:
-                OmegaConf.update(cfg, path, value, merge=False)
+                OmegaConf.update(cfg, path, value, merge=False, force_add=is_schema_setting(path))
             except OmegaConfBaseException:
                 raise ConfigError(f"unknown config key {path!r}") from None
         configs.append(_resolved(cfg, [*chosen, *shared]))
     return configs
+
+
+def _schema_overrides(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` of a schema setting that the chosen YAML leaves to its schema default becomes
+    Hydra's add-or-override ``++key=value``: without, Hydra refuses a key its YAML does not list.
+    A setting of another retriever type is then refused by the schema, as an unknown key."""
+    plain = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)=")
+    return [f"++{o}" if (m := plain.match(o)) and is_schema_setting(m.group(1)) else o for o in overrides]
 
 
 def _compose_unresolved(overrides: Sequence[str]) -> Any:
@@ -153,7 +161,7 @@ def _compose_unresolved(overrides: Sequence[str]) -> Any:
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=[*overrides, *search_path_override()])
+            return compose(config_name="config", overrides=[*_schema_overrides(overrides), *search_path_override()])
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
 

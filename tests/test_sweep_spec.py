@@ -16,7 +16,7 @@ from slm_ray.sweep import split_flags
 from slm_ray.sweeps.spec import SweepError, hydra_value, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 20, "simpleqa": 9, "smoke": 12}
+SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 26, "simpleqa": 9, "smoke": 12}
 
 
 def _sweep(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
