@@ -191,7 +191,7 @@ def _compose(overrides: Sequence[str], with_hydra: bool) -> dict[str, Any]:
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*overrides, *search_path_override()],
+            cfg = compose(config_name="config", overrides=[*_schema_overrides(overrides), *search_path_override()],
                           return_hydra_config=True)
         raw = OmegaConf.to_container(cfg.hydra, resolve=False)  # only what Hydra resolves without a running app
     except (HydraException, OmegaConfBaseException, ValueError) as exc:

@@ -164,7 +164,7 @@ def test_the_shared_service_caches_hybrid_answers_per_fusion_setting(small_corpu
 
 
 def test_hybrid_config_composes_and_names_a_bad_nested_key() -> None:
-    from slm_ray.composition import compose_config
+    from slm_ray.composition import compose_config, compose_hydra
     from slm_ray.errors import ConfigError
 
     cfg = compose_config(["retriever=hybrid", "retriever.rrf_k=20", "retriever.depth=50",
@@ -176,6 +176,7 @@ def test_hybrid_config_composes_and_names_a_bad_nested_key() -> None:
     rrf = compose_config(["retriever=hybrid", "retriever.fusion=rrf"]).retriever
     assert (rrf.fusion, rrf.name) == ("rrf", "hybrid")
     assert compose_config(["retriever=hybrid", "retriever.alpha=0.3"]).retriever.alpha == 0.3
+    assert "++retriever.alpha=0.3" in compose_hydra(["retriever=hybrid", "retriever.alpha=0.3"])["overrides"]["task"]
     named = compose_config(["retriever=hybrid_rrf", "retriever.rrf_k=10"]).retriever
     assert (named.fusion, named.name, named.rrf_k) == ("rrf", "hybrid_rrf", 10)
     with pytest.raises(ConfigError, match="retriever.dense.nprob"):
