@@ -240,13 +240,19 @@ class DenseConfig(Section):
 
 
 class HybridConfig(Section):
-    """BM25 and dense rankings fused by reciprocal rank fusion: a passage scores
-    ``sum(1 / (rrf_k + rank))`` over the two lists, each cut at ``depth``."""
+    """BM25 and dense rankings, each cut at ``depth``, fused by ``fusion``: ``convex`` scores a passage
+    ``alpha * dense + (1 - alpha) * bm25`` over min-max normalised scores; ``rrf`` (reciprocal rank
+    fusion) ``sum(1 / (rrf_k + rank))`` over the two lists. The defaults are the ones that did best on
+    the tuning split of the built-in NQ questions (``bench/bench_fusion.py``)."""
 
     target: str = Field(default="slm_ray.retrieval.hybrid.HybridRetriever", alias="_target_")
     type: Literal["hybrid"] = "hybrid"
     name: FolderName = "hybrid"
     k: int = Field(default=5, ge=1, le=100)
+    fusion: Literal["convex", "rrf"] = "convex"
+    #: The weight of the dense part in ``convex``: 0.75 had the best recall@1 + recall@5 on the tuning
+    #: split (530 questions) of alpha 0, 0.05, ..., 1 (``bench/results/fusion.json``).
+    alpha: float = Field(default=0.75, ge=0.0, le=1.0)
     rrf_k: float = Field(default=60.0, ge=0.0)
     depth: int = Field(default=100, ge=1, le=1000)
     bm25: BM25Config = Field(default_factory=BM25Config)

@@ -7,6 +7,7 @@ machine, which needs the data, generation and retrieval packages that storage mu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from slm_ray.store.run_folder import Inputs
@@ -57,3 +58,29 @@ def corpus_source_digest(corpus_cfg: Any, cache_dir: str) -> str:
 
         files = [corpus_file(corpus_cfg, cache_dir)]  # a BEIR folder: its corpus.jsonl
     return stable_hash([file_digest(f) for f in files], 16)
+
+
+def folder_state(cfg: Any, path: Path, datasets: dict[str, Any] | None = None
+                 ) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(state, the inputs checked, why they could not be) of the run folder at ``path`` for ``cfg``:
+    ``complete`` (results for these very inputs), ``partial`` (answers to resume) or ``new``; raises
+    ``InputsChanged`` when it holds answers for other inputs (and ``experiment.replace`` is off).
+
+    ``datasets`` memoises loaded examples by dataset config across calls (a sweep's trials). A dataset
+    that cannot be read here leaves the decision to the run (it fails alone, with that error).
+    """
+    from slm_ray.errors import SlmRayError
+    from slm_ray.experiment import build_dataset
+    from slm_ray.store.fingerprints import stable_hash
+    from slm_ray.store.run_folder import RunFolder
+
+    folder = RunFolder(path)
+    datasets = {} if datasets is None else datasets
+    key = stable_hash([cfg.dataset.model_dump(by_alias=True), cfg.experiment.cache_dir])
+    try:
+        if key not in datasets:
+            datasets[key] = build_dataset(cfg)
+        inputs = run_inputs(cfg, datasets[key])
+    except SlmRayError as exc:
+        return ("partial" if folder.has_answers() else "new"), None, str(exc)
+    return folder.state(inputs, replace=cfg.experiment.replace), inputs.to_json(), None

@@ -16,7 +16,7 @@ from slm_ray.sweep import split_flags
 from slm_ray.sweeps.spec import SweepError, hydra_value, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 20, "simpleqa": 9, "smoke": 12}
+SHIPPED = {"size_comparison": 9, "family_comparison": 18, "retriever_comparison": 26, "simpleqa": 9, "smoke": 12}
 
 
 def _sweep(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -349,3 +349,24 @@ def test_plan_json_is_serialisable(tmp_path: Path) -> None:
     data = json.loads(json.dumps(load_sweep(path).to_json()))
     assert [t["k"] for t in data["trials"]] == [2, 1]  # more passages first
     assert data["resources"] == {"cpus": 1.0, "gpus": "auto"}
+
+
+def test_retriever_comparison_holds_both_hybrids() -> None:
+    plan = load_sweep(REPO / "sweeps" / "retriever_comparison.yaml")
+    fusions = {(t.config.retriever.name, t.config.retriever.fusion) for t in plan.trials
+               if t.uses_retriever and t.config.retriever.type == "hybrid"}
+    assert fusions == {("hybrid", "convex"), ("hybrid_rrf", "rrf")}
+
+
+def test_a_grid_sets_a_setting_the_yaml_leaves_to_its_schema_default(tmp_path: Path) -> None:
+    """hybrid.yaml does not list alpha (its default lives in the schema), yet a grid can vary it."""
+    path = _sweep(tmp_path, """
+name: alphas
+overrides: [retriever=hybrid, experiment_mode=retriever_context]
+grid:
+  model: [tiny_llama]
+  retriever.alpha: [0.5, 0.9]
+""")
+    assert sorted(t.config.retriever.alpha for t in load_sweep(path).trials) == [0.5, 0.9]
+    with pytest.raises(SweepError, match="retriever.alpha"):
+        load_sweep(_sweep(tmp_path, path.read_text().replace("retriever=hybrid", "retriever=bm25"), "b.yaml"))

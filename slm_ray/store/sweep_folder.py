@@ -95,6 +95,33 @@ class SweepFolder:
                                             "note": f"completed outside the sweep after a failed attempt "
                                                     f"({record.get('error')})"})
 
+    def run_outcomes(self, trials: list[str], run_id: str) -> dict[str, Any]:
+        """What run ``run_id`` did to ``trials``, from their records: counts, where each ran, the model
+        loads of every trial actor (its last record has its count so far), the first write fault."""
+        counts = {"ok": 0, "failed": 0, "not_run": 0}
+        nodes, actors, loads_per_actor = {}, {}, {}
+        write_fault: str | None = None
+        for trial in trials:
+            record = self.read_trial_record(trial)
+            if record.get("run_id") != run_id or record.get("status") not in ("ok", "failed"):
+                counts["not_run"] += 1
+                continue
+            counts[record["status"]] += 1
+            write_fault = write_fault or (record.get("error") if record.get("write_fault") else None)
+            if record.get("node_id"):
+                nodes[trial] = record["node_id"]
+            if record.get("actor"):
+                actors[trial] = record["actor"]
+                loads = record.get("model_loads") or {}
+                if sum(loads.values()) >= sum(loads_per_actor.get(record["actor"], {}).values()):
+                    loads_per_actor[record["actor"]] = loads
+        model_loads: dict[str, int] = {}
+        for loads in loads_per_actor.values():
+            for model, n in loads.items():
+                model_loads[model] = model_loads.get(model, 0) + n
+        return {"counts": counts, "nodes": nodes, "actors": actors, "loads_per_actor": loads_per_actor,
+                "model_loads": model_loads, "write_fault": write_fault}
+
     # -- copies of trials that ran on a node with a disk of its own ---------------------------------
 
     def seed_files(self, trial: str) -> dict[str, str]:

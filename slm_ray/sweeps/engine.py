@@ -44,39 +44,23 @@ def trial_dir(trial: Trial, base: Path) -> Path:
 
 def trial_state(trial: Trial, base: Path, datasets: dict[str, Any] | None = None,
                 checked: dict[str, dict[str, Any]] | None = None) -> str:
-    """``complete`` (its folder holds results for these very inputs), ``partial`` (answers to resume)
-    or ``new``. A folder holding answers for other inputs (the sweep file, the overrides or the data
-    changed) is refused before anything runs, unless ``experiment.replace=true``.
+    """``complete``, ``partial`` or ``new`` (``slm_ray.inputs.folder_state``); a folder holding answers
+    for other inputs is refused before anything runs, unless ``experiment.replace=true``. ``checked``
+    receives the inputs checked for each trial: its worker refuses data changed since."""
+    from slm_ray.inputs import folder_state
+    from slm_ray.store.run_folder import FolderUnusable, InputsChanged
 
-    ``datasets`` memoises loaded examples by dataset config across the trials of a sweep. A dataset
-    the driver cannot read leaves the decision to the trial (it fails alone, with that error).
-    ``checked`` receives the inputs checked for each trial: its worker refuses data changed since.
-    """
-    from slm_ray.errors import SlmRayError
-    from slm_ray.experiment import build_dataset
-    from slm_ray.store.fingerprints import stable_hash
-    from slm_ray.inputs import run_inputs
-    from slm_ray.store.run_folder import FolderUnusable, InputsChanged, RunFolder
-
-    cfg = trial.config
-    folder = RunFolder(trial_dir(trial, base))
-    datasets = {} if datasets is None else datasets
-    key = stable_hash([cfg.dataset.model_dump(by_alias=True), cfg.experiment.cache_dir])
     try:
-        if key not in datasets:
-            datasets[key] = build_dataset(cfg)
-        inputs = run_inputs(cfg, datasets[key])
-        if checked is not None:
-            checked[trial.name] = inputs.to_json()
-    except SlmRayError as exc:
-        log.warning("trial %s: %s", trial.name, exc)
-        return "partial" if folder.has_answers() else "new"
-    try:
-        return folder.state(inputs, replace=cfg.experiment.replace)
+        state, inputs, unchecked = folder_state(trial.config, trial_dir(trial, base), datasets)
     except FolderUnusable as exc:
         raise SweepError(f"trial {trial.name}: {exc}") from None
     except InputsChanged as exc:
         raise SweepError(f"trial {trial.name}: {exc} (a new sweep folder: --name NAME)") from None
+    if unchecked:
+        log.warning("trial %s: %s", trial.name, unchecked)
+    if checked is not None and inputs is not None:
+        checked[trial.name] = inputs
+    return state
 
 
 # --- the driver ------------------------------------------------------------------------------------------
@@ -222,7 +206,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
         routing.__exit__(None, None, None)
         if reaper is not None:
             reaper.done()
-    outcome = _outcomes(pending, folder, run_id)
+    outcome = folder.run_outcomes([t.name for t in pending], run_id)
     fault = display.ACTIVE.write_fault if display.ACTIVE is not None else None
     fault = fault or (outcome["write_fault"] or "").split(": ", 1)[-1]
     if fault:  # a full or read-only disk: the sweep stops with its one line (exit 2)
@@ -351,34 +335,6 @@ def _service_stats(services: dict[str, Any]) -> list[dict[str, Any]]:
         except Exception as exc:  # the actor died (e.g. a bad corpus): keep the reason
             stats.append({"key": key, "error": describe_error(exc)})
     return stats
-
-
-def _outcomes(pending: list[Trial], folder: SweepFolder, run_id: str) -> dict[str, Any]:
-    """This run's trial records: counts, where each ran, and the model loads of every trial actor."""
-    counts = {"ok": 0, "failed": 0, "not_run": 0}
-    nodes, actors, loads_per_actor = {}, {}, {}
-    write_fault: str | None = None
-    for trial in pending:
-        record = folder.read_trial_record(trial.name)
-        if record.get("run_id") != run_id or record.get("status") not in ("ok", "failed"):
-            counts["not_run"] += 1
-            continue
-        counts[record["status"]] += 1
-        write_fault = write_fault or (record.get("error") if record.get("write_fault") else None)
-        if record.get("node_id"):
-            nodes[trial.name] = record["node_id"]
-        if record.get("actor"):
-            actors[trial.name] = record["actor"]
-            loads = record.get("model_loads") or {}  # the actor's count so far: its last trial has them all
-            previous = loads_per_actor.get(record["actor"], {})
-            if sum(loads.values()) >= sum(previous.values()):
-                loads_per_actor[record["actor"]] = loads
-    model_loads: dict[str, int] = {}
-    for loads in loads_per_actor.values():
-        for model, n in loads.items():
-            model_loads[model] = model_loads.get(model, 0) + n
-    return {"counts": counts, "nodes": nodes, "actors": actors, "loads_per_actor": loads_per_actor,
-            "model_loads": model_loads, "write_fault": write_fault}
 
 
 def _worker_output_to_console() -> Any:
