@@ -198,11 +198,23 @@ def store_key(path: Path, fmt: str, fields: dict[str, str]) -> str:
 
 def open_store(source: Any, cache_dir: str | Path) -> PassageStore:
     """The store of ``source`` (a ``corpus_stream.CorpusSource``), written now if it is not cached
-    (or fails its check); a bad row stops the write with its one-line error and leaves nothing."""
+    (or fails its check). A bad row stops the write with its one-line error and leaves nothing:
+    no staging folder (``load_or_build``), and neither the lock file nor the folders made for it,
+    since a refused run writes nothing."""
     from slm_ray.cache_entry import load_or_build
 
     folder = Path(cache_dir) / "corpora" / store_key(source.path, source.fmt, source.fields)
+    created = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
     opened: list[PassageStore] = []
-    load_or_build(folder, lambda staging: write_store(staging, source.chunks(), source.where),
-                  load=lambda found: opened.append(PassageStore(found)), what="passage store")
+    try:
+        load_or_build(folder, lambda staging: write_store(staging, source.chunks(), source.where),
+                      load=lambda found: opened.append(PassageStore(found)), what="passage store")
+    except DataError:
+        (folder.parent / f".{folder.name}.lock").unlink(missing_ok=True)
+        for made in created:  # deepest first; only if still empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
     return opened[-1] if opened else PassageStore(folder)
