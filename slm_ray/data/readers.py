@@ -1,8 +1,8 @@
 """Reading a data file into located rows: JSONL, CSV, TSV or Parquet, gzip-compressed or not.
 
 Every row carries where it came from (``qa.jsonl:7``, ``qa.csv:12`` with the header as line 1,
-``qa.parquet: row 3``, ``psgs.tsv:5`` with the header as line 1) under the name the user gave: the path as typed, or the ``s3://`` URI rather
-than its cache copy. So whatever is wrong with a row can be reported as one line that points at it.
+``qa.parquet: row 3``, ``psgs.tsv:5`` likewise) under the name the user gave: the path as typed,
+or the ``s3://`` URI rather than its cache copy. So whatever is wrong with a row can be reported as one line that points at it.
 
 Rows come lazily and in file order, so a run that uses the first N rows parses no further. Two
 exceptions, both for correctness: a gzip file is decompressed whole before its first row is used,
