@@ -8,8 +8,8 @@ process holds only the pages it touched.
 
 The store is a cache entry like an index (``slm_ray.cache_entry``): written into a staging folder,
 given a manifest, renamed into place, and rebuilt when its files fail the check. Its key is the
-source file's identity (resolved path, size, mtime) with the format and column mapping, so an
-edited file gets a new store. It carries the corpus ``fingerprint``: the very hash
+source file's identity (resolved path, size, mtime, ctime, inode) with the format and column
+mapping, so an edited or replaced file gets a new store without the file being hashed (13 GB). It carries the corpus ``fingerprint``: the very hash
 ``corpus_fingerprint`` gives the same passages as a list, so indexes keep their cache keys.
 
 Ids must be unique; a set of 21M strings would cost GBs, so each id's 8-byte hash is kept in a numpy
@@ -193,7 +193,8 @@ def store_key(path: Path, fmt: str, fields: dict[str, str]) -> str:
 
     stat = path.stat()
     return stable_hash({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                        "format": fmt, "fields": fields, "store": STORE_FORMAT}, 16)
+                        "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino, "format": fmt, "fields": fields,
+                        "store": STORE_FORMAT}, 16)
 
 
 def open_store(source: Any, cache_dir: str | Path) -> PassageStore:
