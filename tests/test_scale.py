@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ from slm_ray.retrieval.base import ensure_index
 
 original = bm25._build_shard
 def slow(*args):  # slow enough for the test to kill this process between two shards
-    time.sleep(0.3)
+    time.sleep(0.5)
     return original(*args)
 bm25._build_shard = slow
 corpus, cache = sys.argv[1], sys.argv[2]
@@ -222,3 +223,14 @@ def test_ensure_index_over_a_store_leaves_only_the_index(tmp_path: Path) -> None
     assert ensure_index(BM25Config(shard_size=128), store, tmp_path / "cache")
     names = sorted(p.name for p in (tmp_path / "cache" / "indexes").iterdir() if not p.name.startswith("."))
     assert names == [index_key(BM25Config(shard_size=128), store)]
+
+
+def test_a_large_file_has_the_same_crc_read_or_mapped(tmp_path: Path, monkeypatch) -> None:
+    from slm_ray import cache_manifest
+
+    path = tmp_path / "blob"
+    path.write_bytes(random.Random(1).randbytes(3_000_000))
+    mapped = cache_manifest.file_crc32(path)
+    monkeypatch.setattr(cache_manifest, "MAP_MAX_BYTES", 1_000_000)
+    monkeypatch.setattr(cache_manifest, "_CHUNK", 1 << 20)
+    assert cache_manifest.file_crc32(path) == mapped == zlib.crc32(path.read_bytes())
