@@ -195,7 +195,7 @@ class CorpusConfig(Section):
 
     name: FolderName
     path: str
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "tsv"] = "auto"
     fields: dict[str, str] = Field(default_factory=lambda: dict(CORPUS_FIELDS))
 
     @field_validator("fields")
@@ -218,6 +218,10 @@ class BM25Config(Section):
     stopwords: str | None = "en"
     k1: float = Field(default=1.5, gt=0)
     b: float = Field(default=0.75, ge=0, le=1)
+    #: Passages per shard: each shard is one bm25s index, built and saved on its own (so a build
+    #: resumes after a kill, and one shard's token lists bound the build's memory). A corpus
+    #: smaller than one shard is one shard, i.e. exactly the unsharded BM25.
+    shard_size: int = Field(default=500_000, ge=1)
 
 
 class DenseConfig(Section):

@@ -1,4 +1,4 @@
-"""Retrieval corpora: the built-in NQ corpus or a user's passages (JSONL/Parquet, a BEIR folder, a DPR file).
+"""Retrieval corpora: the built-in NQ corpus or a user's passages (JSONL/Parquet/TSV, a BEIR folder, a DPR file).
 
 Every passage needs a non-empty text (an empty one can only be retrieved in place of a real one)
 and a unique id (retrieval results and indexes are keyed by it); a bad row is refused with one line
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from slm_ray.data import beir, checks, dpr
 from slm_ray.data.base import Passage
 from slm_ray.data.builtin import NQ_OPEN_ORACLE, WIKI_DISTRACTORS
-from slm_ray.data.checks import require_columns
 from slm_ray.data.nq import gold_context
 from slm_ray.data.readers import Row, iter_rows
 from slm_ray.errors import DataError
@@ -67,40 +67,56 @@ def corpus_file(corpus_cfg: Any, cache_dir: str | Path) -> Path:
     return beir.corpus_file(path, corpus_cfg.path) if path.is_dir() else path
 
 
-def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Passage]:
-    """The passages of the ``corpus`` config section, every row checked: JSONL/Parquet passages
-    (``id``/``title``/``text``, or FlashRAG's ``contents``), a BEIR folder or corpus.jsonl
-    (``_id``), or a DPR-format JSON list (all its passages, deduplicated by text)."""
+def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> Sequence[Passage]:
+    """The passages of the ``corpus`` config section, every row checked: JSONL/Parquet/TSV passages
+    (``id``/``title``/``text``, or FlashRAG's ``contents``; DPR's ``psgs_w100.tsv`` as it comes), a
+    BEIR folder or corpus.jsonl (``_id``), or a DPR-format JSON list (all its passages,
+    deduplicated by text).
+
+    A list for the built-in corpus (3,600 passages) and a DPR JSON list (a training file, read whole
+    as always); any other file streams once into a memory-mapped ``PassageStore`` under
+    ``<cache_dir>/corpora/``, which later runs open without reading the file again. Both are
+    ``Sequence[Passage]`` with the same ``corpus_fingerprint``.
+    """
+    from slm_ray.data.corpus_stream import CorpusSource
+    from slm_ray.data.passage_store import open_store
+    from slm_ray.data.readers import detect_format
+
     if corpus_cfg.path == "builtin":
         return builtin_nq_corpus()
     path, display = corpus_file(corpus_cfg, cache_dir), corpus_cfg.path
     if Path(corpus_cfg.path).expanduser().is_dir():  # a BEIR folder
         display = f"{corpus_cfg.path.rstrip('/')}/{path.name}"
-    fields = dict(corpus_cfg.fields)
-    ids = checks.UniqueIds("passage id")
-    passages: list[Passage] = []
-    dpr_layout = False
-    rows = iter_rows(path, corpus_cfg.format, display)
-    for row in rows:
-        if row.index == 0:
-            if dpr.is_dpr(row.data):
-                return list(dpr.corpus_passages(itertools.chain([row], rows)))
-            if fields["id"] not in row.data and "_id" in row.data:
-                fields["id"] = "_id"  # BEIR's name for it
-            dpr_layout = fields["text"] not in row.data and "contents" in row.data
-            if not dpr_layout:
-                require_columns(display, row.data, {"text": fields["text"]}, section="corpus")
-        if dpr_layout:
-            passages.append(_dpr_passage(row, ids))
-            continue
-        text = checks.text(row, fields["text"], "text")
-        title = checks.optional_text(row, fields["title"], "title")
-        passages.append(Passage(_passage_id(row, fields["id"], ids), text, title))
-    return passages
+    fmt = detect_format(path, corpus_cfg.format, display)
+    if fmt == "jsonl" and _is_json_list(path, display):
+        rows = iter_rows(path, fmt, display)
+        first = next(rows)
+        if dpr.is_dpr(first.data):
+            return list(dpr.corpus_passages(itertools.chain([first], rows)))
+    if not path.is_file():
+        raise DataError(f"data file not found: {display}")
+    return open_store(CorpusSource(path, fmt, dict(corpus_cfg.fields), display), cache_dir)
 
 
-def corpus_fingerprint(passages: list[Passage]) -> str:
-    """A hash of the corpus content: an index is reused only for the very same passages."""
+def _is_json_list(path: Path, display: str) -> bool:
+    """Whether a JSONL-named file is one JSON list (DPR's layout), from its first non-blank byte."""
+    from slm_ray.data.readers import open_bytes
+
+    if not path.is_file():
+        return False
+    with open_bytes(path, display) as handle:
+        while chunk := handle.read(1 << 12):
+            if chunk.strip():
+                return chunk.lstrip()[:1] == b"["
+    return False
+
+
+def corpus_fingerprint(passages: Sequence[Passage]) -> str:
+    """A hash of the corpus content: an index is reused only for the very same passages. A
+    ``PassageStore`` computed it once, from the same bytes, when it was written."""
+    known = getattr(passages, "fingerprint", None)
+    if isinstance(known, str):
+        return known
     digest = hashlib.sha256()
     for p in passages:
         for part in (p.id, p.title, p.text):

@@ -1,8 +1,8 @@
-"""Reading a data file into located rows: JSONL, CSV or Parquet, gzip-compressed or not.
+"""Reading a data file into located rows: JSONL, CSV, TSV or Parquet, gzip-compressed or not.
 
 Every row carries where it came from (``qa.jsonl:7``, ``qa.csv:12`` with the header as line 1,
-``qa.parquet: row 3``) under the name the user gave: the path as typed, or the ``s3://`` URI rather
-than its cache copy. So whatever is wrong with a row can be reported as one line that points at it.
+``qa.parquet: row 3``, ``psgs.tsv:5`` likewise) under the name the user gave: the path as typed,
+or the ``s3://`` URI rather than its cache copy. So whatever is wrong with a row can be reported as one line that points at it.
 
 Rows come lazily and in file order, so a run that uses the first N rows parses no further. Two
 exceptions, both for correctness: a gzip file is decompressed whole before its first row is used,
@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from slm_ray.errors import DataError
 
-FORMATS = ("jsonl", "csv", "parquet")
+FORMATS = ("jsonl", "csv", "parquet", "tsv")
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_IN_MEMORY_MAX = 16 << 20  # compressed bytes; a bigger gzip file is checked in a streaming pass first
 PARQUET_CHUNK_ROWS = 1024  # rows turned into dicts at a time: a limited run converts only what it uses
@@ -59,7 +59,7 @@ def detect_format(path: Path, declared: str = "auto", display: str | None = None
     ext = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(ext, ext)
     if ext not in FORMATS:
         raise DataError(f"cannot tell the format of {display or path} from its extension "
-                        "(valid: .jsonl, .csv, .parquet, or set format)")
+                        "(valid: .jsonl, .csv, .tsv, .parquet, or set format)")
     return ext
 
 
@@ -72,7 +72,7 @@ def iter_rows(path: Path, fmt: str = "auto", display: str | None = None) -> Iter
     if not path.is_file():
         raise DataError(f"data file not found: {display}")
     fmt = detect_format(path, fmt, display)
-    reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt]
+    reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "tsv": _tsv_rows}[fmt]
     count = 0
     for row in reader(path, display):
         count += 1
@@ -287,3 +287,55 @@ def _parquet_rows(path: Path, display: str) -> Iterator[Row]:
         for offset, record in enumerate(frame.iloc[start : start + PARQUET_CHUNK_ROWS].to_dict(orient="records")):
             index = start + offset
             yield Row(f"{display}: row {index + 1}", index, record)
+
+
+TSV_BLOCK_BYTES = 8 << 20  # bytes pyarrow parses at a time: a 13 GB psgs_w100.tsv streams through this
+
+
+def tsv_where(display: str, index: int) -> str:
+    """Where record ``index`` of a TSV file is: its line, the header being line 1 (one record per
+    line, as DPR's psgs_w100.tsv has; values holding a line break are refused by the reader)."""
+    return f"{display}:{index + 2}"
+
+
+def iter_tsv_batches(path: Path, display: str, block_bytes: int = TSV_BLOCK_BYTES) -> Iterator[Any]:
+    """The records of a tab-separated file with a header line (DPR's ``id\ttext\ttitle``), as
+    pyarrow RecordBatches of strings, parsed block by block: never the whole file in memory.
+
+    Values may be quoted as DPR quotes them (``"a ""b"" c"``); every column is read as text, so an
+    id such as ``007`` stays ``007``. A malformed line is one ``DataError``.
+    """
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    with open_bytes(path, display) as handle:
+        header = handle.readline().decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    names = [name.strip('"') for name in header.split("\t")]
+    if not header.strip():
+        raise DataError(f"{display} holds no records (expected a header line such as id<TAB>text<TAB>title)")
+    read = pacsv.ReadOptions(block_size=block_bytes, skip_rows=1, column_names=names, encoding="utf8")
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char='"', double_quote=True, newlines_in_values=False)
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False,
+                                   quoted_strings_can_be_null=False)
+    rows_read = 0
+    with open_bytes(path, display) as handle:
+        try:
+            reader = pacsv.open_csv(handle, read_options=read, parse_options=parse, convert_options=convert)
+            for batch in reader:
+                rows_read += batch.num_rows
+                yield batch
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{display}: not valid TSV after line {rows_read + 1} ({message}; expected "
+                            f"{len(names)} tab-separated values per line, as in the header)") from None
+        except _GZIP_ERRORS as exc:
+            raise DataError(_gzip_problem(display, exc)) from None
+
+
+def _tsv_rows(path: Path, display: str) -> Iterator[Row]:
+    """TSV records as string dicts (a corpus reads the batches themselves: ``iter_tsv_batches``)."""
+    index = 0
+    for batch in iter_tsv_batches(path, display):
+        for record in batch.to_pylist():
+            yield Row(tsv_where(display, index), index, record)
+            index += 1

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from slm_ray.store.io import atomic_write_json
 
 log = logging.getLogger("slm_ray.retrieval")
 
+#: Beside an index folder, the work folder of its build (``<key>.partial/``): kept across a kill.
+PARTIAL_SUFFIX = ".partial"
 #: Settings that change how queries run but not what the index holds.
 QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "encode_batch_size", "device"})
 
@@ -40,7 +44,7 @@ def passage_text(passage: Passage) -> str:
 class BaseRetriever(ABC):
     """Search over a fixed list of passages. Subclasses implement build/save/load/search."""
 
-    def __init__(self, config: Any, passages: list[Passage]):
+    def __init__(self, config: Any, passages: Sequence[Passage]):
         self.config = config
         self.passages = passages
 
@@ -51,6 +55,13 @@ class BaseRetriever(ABC):
     @abstractmethod
     def save(self, folder: Path) -> None:
         """Write the index into an existing, empty folder."""
+
+    def build_into(self, staging: Path, work: Path) -> None:
+        """Build the index and write it into ``staging`` (a cache build). ``work`` is a folder that
+        outlives a killed build, where a retriever that builds in parts keeps the finished ones
+        (``BM25Retriever``); it is removed once the index is in place. By default: build, save."""
+        self.build()
+        self.save(staging)
 
     @abstractmethod
     def load(self, folder: Path) -> None:
@@ -84,7 +95,7 @@ class BaseRetriever(ABC):
 NESTED_IGNORED_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
 
 
-def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
+def index_key(retriever_cfg: Any, passages: Sequence[Passage]) -> str:
     """Folder name of the cached index: retriever type plus a hash of corpus and index settings
     (for a hybrid: its fusion settings and both parts' settings)."""
     from slm_ray.config import import_object
@@ -92,11 +103,23 @@ def index_key(retriever_cfg: Any, passages: list[Passage]) -> str:
     settings = import_object(retriever_cfg.target).index_settings(retriever_cfg)
     settings = {k: {kk: vv for kk, vv in v.items() if kk not in NESTED_IGNORED_KEYS} if isinstance(v, dict) else v
                 for k, v in settings.items()}
+    settings = _without_unused_shard_size(settings, len(passages))
     blob = json.dumps({"settings": settings, "corpus": corpus_fingerprint(passages)}, sort_keys=True)
     return f"{retriever_cfg.type}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path) -> tuple[BaseRetriever, bool]:
+def _without_unused_shard_size(settings: dict[str, Any], n_passages: int) -> dict[str, Any]:
+    """Drop ``shard_size`` (of the settings or a part's) where the corpus fits in one shard: one
+    shard is the unsharded index whatever its size, so it keeps the key it had before shards."""
+    def fits(values: dict[str, Any]) -> bool:
+        return isinstance(values.get("shard_size"), int) and n_passages <= values["shard_size"]
+
+    settings = {k: {kk: vv for kk, vv in v.items() if kk != "shard_size"} if isinstance(v, dict) and fits(v) else v
+                for k, v in settings.items()}
+    return {k: v for k, v in settings.items() if k != "shard_size"} if fits(settings) else settings
+
+
+def build_or_load(retriever_cfg: Any, passages: Sequence[Passage], cache_dir: str | Path) -> tuple[BaseRetriever, bool]:
     """A ready retriever, loaded from the cache when possible. Returns (retriever, built_now).
 
     A cached index is used only if every file matches its manifest and it loads; otherwise it is
@@ -106,13 +129,13 @@ def build_or_load(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
     return _cached_index(retriever_cfg, passages, cache_dir, load=True)
 
 
-def ensure_index(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path) -> bool:
+def ensure_index(retriever_cfg: Any, passages: Sequence[Passage], cache_dir: str | Path) -> bool:
     """Build the cached index where it is missing or unsound, without loading a sound one (a
     sweep's prepare stage); True when built now."""
     return _cached_index(retriever_cfg, passages, cache_dir, load=False)[1]
 
 
-def _cached_index(retriever_cfg: Any, passages: list[Passage], cache_dir: str | Path,
+def _cached_index(retriever_cfg: Any, passages: Sequence[Passage], cache_dir: str | Path,
                   load: bool) -> tuple[BaseRetriever, bool]:
     from slm_ray.config import import_object
 
@@ -129,13 +152,15 @@ def _cached_index(retriever_cfg: Any, passages: list[Passage], cache_dir: str | 
 
     def build(staging: Path) -> None:
         started = time.perf_counter()
-        retriever.build()
+        retriever.build_into(staging, work)
         log.info("built %s index over %d passages in %.1fs", retriever_cfg.type, len(passages),
                  time.perf_counter() - started)
-        retriever.save(staging)
         meta = {"config": retriever_cfg.model_dump(), "n_passages": len(passages),
                 "corpus": corpus_fingerprint(passages), "built_s": round(time.perf_counter() - started, 3)}
         atomic_write_json(staging / "meta.json", meta)
 
+    work = folder.with_name(folder.name + PARTIAL_SUFFIX)
     built_now = load_or_build(folder, build, load=read if load else None, what="cached index")
+    if work.exists():  # the parts of a finished build, now hard-linked into the index
+        shutil.rmtree(work, ignore_errors=True)
     return retriever, built_now
