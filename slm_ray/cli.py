@@ -129,7 +129,7 @@ def run_cli(body: Callable[[list[str], Any], int], doc: str, argv: Sequence[str]
         print(interrupted_message(hydra_flags and not print_config), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `slm-ray run --cfg | head`: the reader left; say nothing more
-        return _reader_left()
+        return reader_left()
 
 
 def interrupted_message(resumable: bool) -> str:
@@ -144,11 +144,11 @@ def print_help(doc: str) -> int:
     try:
         print(doc.strip(), flush=True)
     except BrokenPipeError:
-        return _reader_left()
+        return reader_left()
     return 0
 
 
-def _reader_left() -> int:
+def reader_left() -> int:
     """stdout's reader closed the pipe: point stdout at /dev/null so that exiting does not raise again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())

@@ -35,11 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(importlib.import_module(COMMANDS[command]).main(rest))
         sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
         return code
-    except BrokenPipeError:  # `slm-ray sweep --list | head`: the reader left; no traceback for that
-        import os
+    except BrokenPipeError:  # `slm-ray sweep --list | head`: the reader left; as run_cli, no traceback
+        from slm_ray.cli import reader_left
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
-        return 141  # 128 + SIGPIPE, as a shell reports a command a pipe stopped
+        return reader_left()
 
 
 if __name__ == "__main__":
