@@ -5,6 +5,7 @@
     slm-ray report SWEEP_FOLDER        rebuild a sweep's summary; --verify re-checks every number
     slm-ray compare A B                paired comparison of two runs (or SWEEP_FOLDER TRIAL_A TRIAL_B)
     slm-ray fetch [SWEEP.yaml] [...]   download every model, dataset and encoder a plan needs
+    slm-ray index [overrides]          build the retrieval indexes runs and sweeps will load (big corpora)
 
 ``slm-ray COMMAND --help`` explains a command.
 """
@@ -17,7 +18,7 @@ from typing import Sequence
 
 #: command -> module whose ``main(argv)`` runs it
 COMMANDS = {"run": "slm_ray.run", "sweep": "slm_ray.sweep", "report": "slm_ray.report",
-            "compare": "slm_ray.compare", "fetch": "slm_ray.fetch"}
+            "compare": "slm_ray.compare", "fetch": "slm_ray.fetch", "index": "slm_ray.index"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -234,3 +234,36 @@ def test_a_large_file_has_the_same_crc_read_or_mapped(tmp_path: Path, monkeypatc
     monkeypatch.setattr(cache_manifest, "MAP_MAX_BYTES", 1_000_000)
     monkeypatch.setattr(cache_manifest, "_CHUNK", 1 << 20)
     assert cache_manifest.file_crc32(path) == mapped == zlib.crc32(path.read_bytes())
+
+
+# --- slm-ray index: the build as a command of its own -------------------------------------------------
+
+
+def test_slm_ray_index_builds_once_with_progress_and_a_run_only_loads_it(tmp_path: Path) -> None:
+    """The command builds the sharded index where runs look for it (one progress line a shard), says
+    "cached" when run again, and an experiment over the same corpus builds nothing."""
+    from slm_ray.composition import compose_config
+    from slm_ray.data.corpus import load_corpus as load
+
+    corpus = _write_tsv(tmp_path / "psgs.tsv", _passages(900))
+    cache = tmp_path / "cache"
+    args = ["index", "corpus=file", f"corpus.path={corpus}", "retriever.shard_size=300", f"experiment.cache_dir={cache}",
+            "retriever.k=3,7"]  # k does not change an index: one build
+    command = [sys.executable, "-m", "slm_ray", *args]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("built in") == 1 and "(900 passages)" in first.stdout, first.stdout
+    progress = [line for line in first.stderr.splitlines() if "bm25 shard" in line]
+    assert len(progress) == 3 and "3 of 3 built" in progress[-1] and "min left" in progress[0], first.stderr
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "cached in" in again.stdout and "bm25 shard" not in again.stderr, again.stdout
+    cfg = compose_config(args[1:-1])
+    assert ensure_index(cfg.retriever, load(cfg.corpus, cache), cache) is False  # what a run finds: built
+
+
+def test_slm_ray_index_refuses_a_bad_value_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "slm_ray", "index", "corpus=file", "corpus.path=missing.tsv",
+                           f"experiment.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "missing.tsv" in done.stderr, done.stderr
+    assert not (tmp_path / "cache" / "indexes").exists()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.data.base import Passage
+from slm_ray.logs import STEP
 from slm_ray.retrieval.base import BaseRetriever, passage_text
 
 log = logging.getLogger("slm_ray.retrieval")
@@ -61,7 +62,6 @@ def _build_shard(retriever: "BM25Retriever", number: int, start: int, stop: int,
     folder, given a manifest, then renamed, so a shard folder that exists is a whole shard."""
     from slm_ray.store.cache_manifest import write_manifest
 
-    started = time.perf_counter()
     model = retriever.index_passages(retriever.passages[start:stop])
     temporary = partial / f".tmp-{_shard_name(number)}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
@@ -72,7 +72,6 @@ def _build_shard(retriever: "BM25Retriever", number: int, start: int, stop: int,
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    log.info("bm25 shard %d: passages %d-%d indexed in %.1fs", number, start, stop, time.perf_counter() - started)
     return partial / _shard_name(number)
 
 
@@ -125,6 +124,7 @@ class BM25Retriever(BaseRetriever):
         for leftover in work.glob(".tmp-*"):  # a shard being written when its process died
             shutil.rmtree(leftover, ignore_errors=True)
         reused = 0
+        missing = []
         for number, (start, stop) in enumerate(bounds):
             done = work / _shard_name(number)
             if done.is_dir() and verify_manifest(done) is None:
@@ -133,7 +133,14 @@ class BM25Retriever(BaseRetriever):
             if done.exists():
                 log.warning("bm25 shard %s failed its check; building it again", done)
                 shutil.rmtree(done)
+            missing.append((number, start, stop))
+        started = time.perf_counter()
+        for built, (number, start, stop) in enumerate(missing, start=1):
             _build_shard(self, number, start, stop, work)
+            elapsed = time.perf_counter() - started  # the ETA: the mean shard so far, times those left
+            log.info("bm25 shard %d (passages %d-%d) indexed: %d of %d built in %.0fs, about %.0f min left", number,
+                     start, stop, built, len(missing), elapsed, elapsed / built * (len(missing) - built) / 60,
+                     extra=STEP)
         if reused:
             log.info("bm25: %d of %d shards kept from an interrupted build in %s", reused, len(bounds), work)
         for number in range(len(bounds)):

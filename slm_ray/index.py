@@ -1,0 +1,71 @@
+"""Build the retrieval indexes runs and sweeps will load, before any of them starts.
+
+    slm-ray index corpus=file corpus.path=psgs_w100.tsv                  # BM25 (the default retriever)
+    slm-ray index -m retriever=bm25,dense corpus=file corpus.path=s3://my-bucket/psgs_w100.tsv
+    slm-ray index retriever=dense_ivfpq corpus=file corpus.path=my.parquet experiment.cache_dir=/shared/cache
+
+Arguments are the Hydra overrides a run or sweep would get (``key=a,b`` builds each); the index
+lands in ``<experiment.cache_dir>/indexes/`` under the key those runs look for, so they only load
+it. A corpus file is streamed into its passage store first; a killed build resumes from its
+finished shards. An index that is already there and sound is left as it is ("cached").
+Options: --config-dir DIR, --debug, --help. (``python -m slm_ray.index`` is the same.)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+from slm_ray.cli import run_cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_index, __doc__ or "", argv, hydra_flags=True)
+
+
+def _index(overrides: list[str], print_config: str | None) -> int:
+    from slm_ray.composition import compose_config, expand_overrides
+    from slm_ray.data.storage import load_env_file
+
+    load_env_file()
+    configs = [compose_config(combo) for combo in expand_overrides(overrides)]  # all checked before any build
+    if print_config:
+        from slm_ray.composition import print_configs
+
+        print_configs(print_config, [c.model_dump(by_alias=True) for c in configs], overrides)
+        return 0
+    for cfg in _distinct_indexes(configs):
+        build_index_of(cfg)
+    return 0
+
+
+def _distinct_indexes(configs: list[Any]) -> list[Any]:
+    """One config per (retriever settings, corpus, cache folder): ``k`` and names do not change an index."""
+    from slm_ray.retrieval.base import QUERY_TIME_KEYS
+
+    seen: dict[str, Any] = {}
+    for cfg in configs:
+        settings = {k: v for k, v in cfg.retriever.model_dump().items() if k not in QUERY_TIME_KEYS}
+        key = repr((sorted(settings.items()), cfg.corpus.model_dump(), cfg.experiment.cache_dir))
+        seen.setdefault(key, cfg)
+    return list(seen.values())
+
+
+def build_index_of(cfg: Any) -> bool:
+    """Build (or find) the index of ``cfg``'s retriever over its corpus; one line saying which."""
+    from slm_ray.data.corpus import load_corpus
+    from slm_ray.retrieval.base import ensure_index, index_key
+
+    started = time.perf_counter()
+    passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
+    built = ensure_index(cfg.retriever, passages, cfg.experiment.cache_dir)
+    where = (f"{cfg.experiment.cache_dir}/indexes/{index_key(cfg.retriever, passages)}" if cfg.retriever.type != "hybrid"
+             else "the bm25 and dense indexes it fuses")
+    print(f"{cfg.retriever.name} over corpus {cfg.corpus.name} ({len(passages):,} passages): "
+          f"{'built' if built else 'cached'} in {time.perf_counter() - started:.1f}s -> {where}")
+    return built
+
+
+if __name__ == "__main__":
+    sys.exit(main())
