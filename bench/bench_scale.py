@@ -19,7 +19,13 @@ actor
     memory-mapped), then the process's RSS against the index size (goal: at most 25%), also without
     the libraries' own memory (numpy, pyarrow, bm25s, measured before the load), and ``retrieve`` of
     ``--queries`` queries (3-5 words of the vocabulary) in batches of 256, top-10: queries/s and the
-    RSS after them, split into anonymous memory and the mapped files' resident pages (page cache).
+    RSS after them, split into anonymous memory and the mapped files' resident pages (page cache);
+sweep
+    a real ``slm-ray sweep`` of two retriever_context trials (tiny model, 20 questions) over the
+    corpus and the index the bm25 step built: the driver's peak RSS (polled; goal: under 2 GB) and
+    the retriever actor's memory from ``sweep_stats.json``.
+
+``--steps actor,sweep`` reruns some steps over an existing ``--work-dir``, keeping the other figures.
 
 Results go to ``bench/results/scale.json`` (``passages``, ``store_build_s``, ``bm25_build_s``,
 ``bm25_peak_rss_mb``, ``index_bytes``, ``actor_rss_mb``, ``queries_per_s``...).
@@ -176,7 +182,39 @@ def step_actor(work: Path, shard_size: int, n_queries: int) -> dict:
             "queries_per_s": round(len(asked) / seconds, 1), "k": K}
 
 
-STEPS = {"store": step_store, "bm25": step_bm25, "actor": step_actor}
+def step_sweep(work: Path, shard_size: int, n_queries: int) -> dict:
+    """A real `slm-ray sweep` in retriever_context over the corpus (tiny model, 20 questions, the
+    index the bm25 step built): the driver's peak RSS, polled, and the retriever actor's peak."""
+    import psutil
+
+    sweep = work / "scale_sweep.yaml"
+    sweep.write_text(
+        "name: scale\noverrides:\n  - model=tiny_llama\n  - tracker=none\n  - dataset.limit=20\n"
+        "  - experiment_mode=retriever_context\n  - retriever=bm25\n  - corpus=file\n"
+        f"  - corpus.path={work / 'psgs.tsv'}\n  - corpus.name=scale\n  - retriever.shard_size={shard_size}\n"
+        f"  - experiment.cache_dir={work / 'cache'}\n  - experiment.output_dir={work / 'outputs'}\n"
+        "grid:\n  retriever.k: [3, 5]\n")
+    started = time.perf_counter()
+    driver = subprocess.Popen([sys.executable, "-m", "slm_ray", "sweep", str(sweep), "--no-dashboard"], cwd=work,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watched, peak = psutil.Process(driver.pid), 0
+    while driver.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.1)
+    output = driver.communicate()[0]
+    if driver.returncode != 0:
+        raise SystemExit(f"the sweep failed (exit {driver.returncode}):\n{output[-3000:]}")
+    stats = json.loads((work / "outputs" / "sweeps" / "scale" / "sweep_stats.json").read_text())["last_run"]
+    actor = (stats.get("retriever_actors") or [{}])[0].get("memory") or {}
+    return {"sweep_s": round(time.perf_counter() - started, 1), "sweep_driver_peak_rss_mb": round(peak / 2**20),
+            "sweep_trials_ok": stats["trials_outcome"]["ok"],
+            "sweep_retriever_actor_peak_rss_mb": round(actor.get("peak_rss_mb") or 0)}
+
+
+STEPS = {"store": step_store, "bm25": step_bm25, "actor": step_actor, "sweep": step_sweep}
 
 
 def _bytes(folder: Path) -> int:
@@ -213,6 +251,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--work-dir", type=Path, help="keep the corpus, store and index here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help="the steps to run (default all; a subset updates --out's earlier figures)")
     parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)  # a child's step
     args = parser.parse_args()
     if args.step:
@@ -231,7 +271,15 @@ def main() -> None:
                         "passages": args.passages, "words_per_passage": WORDS_PER_PASSAGE, "vocabulary": VOCABULARY,
                         "zipf_exponent": ZIPF_EXPONENT, "shard_size": args.shard_size,
                         "corpus_bytes": corpus.stat().st_size, "corpus_write_s": round(written_s, 2) if written_s else None}
-        for name in ("store", "bm25", "actor"):
+        steps = [name for name in args.steps.split(",") if name]
+        unknown = sorted(set(steps) - set(STEPS))
+        if unknown:
+            raise SystemExit(f"--steps: unknown step {unknown[0]!r} (valid: {', '.join(STEPS)})")
+        if len(steps) < len(STEPS) and args.out.exists():  # a rerun of some steps keeps the others' figures
+            earlier = json.loads(args.out.read_text())
+            rerun = {"steps": steps, "command": result["command"], "date": result["date"]}
+            result = {**earlier, "reruns": [*earlier.get("reruns", []), rerun]}
+        for name in steps:
             result.update(run_step(name, work, args.shard_size, args.queries))
             print(f"{name}: done", flush=True)
         result["actor_rss_over_index"] = round(result["actor_rss_mb"] * 2**20 / result["index_bytes"], 3)
