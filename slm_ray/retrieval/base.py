@@ -23,7 +23,7 @@ from slm_ray.store.io import atomic_write_json
 log = logging.getLogger("slm_ray.retrieval")
 
 #: Settings that change how queries run but not what the index holds.
-QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "encode_batch_size", "device"})
+QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "rerank_factor", "encode_batch_size", "device"})
 
 
 @dataclass(frozen=True)
