@@ -246,7 +246,7 @@ class DenseConfig(Section):
     #: ivfpq: keep the exact vectors on disk and re-rank the PQ candidates with them.
     rerank: bool = True
     #: ivfpq with rerank: candidates re-ranked per result wanted (query-time; k * factor candidates).
-    rerank_factor: int = Field(default=4, ge=1)
+    rerank_factor: int = Field(default=8, ge=1)
     encode_batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: The encoder's dtype; ``auto`` = bf16 where the hardware computes it natively (a GPU of compute
