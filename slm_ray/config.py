@@ -232,10 +232,25 @@ class DenseConfig(Section):
     name: FolderName = "dense"
     k: int = Field(default=5, ge=1, le=100)
     encoder: str = "builtin:all-MiniLM-L6-v2"
-    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    #: flat (exact) | ivf (nlist, nprobe) | hnsw (hnsw_m) | ivfpq (nlist, nprobe, pq_*, train_*, rerank*):
+    #: product-quantised codes for corpora too big for exact vectors in memory (Wikipedia's 21M passages).
+    index_type: Literal["flat", "ivf", "hnsw", "ivfpq"] = "flat"
+    #: Inverted lists of ivf/ivfpq; lowered to (training vectors / 39) on a small corpus.
     nlist: int = Field(default=64, ge=1)
+    #: Lists searched per query (query-time; more = better recall, slower).
     nprobe: int = Field(default=8, ge=1)
     hnsw_m: int = Field(default=32, ge=4)
+    #: ivfpq: sub-quantizers per vector (bytes per code at 8 bits); must divide the embedding dimension.
+    pq_m: int = Field(default=48, ge=1)
+    #: ivfpq: bits per sub-quantizer code; lowered on a corpus too small to train 2**bits centroids.
+    pq_nbits: int = Field(default=8, ge=1, le=16)
+    #: ivfpq: embeddings sampled (with ``train_seed``) to train the coarse and product quantizers.
+    train_size: int = Field(default=131072, ge=1)
+    train_seed: int = Field(default=0, ge=0)
+    #: ivfpq: keep the exact vectors on disk and re-rank the PQ candidates with them.
+    rerank: bool = True
+    #: ivfpq with rerank: candidates re-ranked per result wanted (query-time; k * factor candidates).
+    rerank_factor: int = Field(default=8, ge=1)
     encode_batch_size: int = Field(default=64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: The encoder's dtype; ``auto`` = bf16 where the hardware computes it natively (a GPU of compute

@@ -52,18 +52,21 @@ def test_older_results_without_dtype_fields_still_read() -> None:
 
 
 def test_dense_index_key_holds_the_encoder_dtype() -> None:
-    """Embeddings differ between dtypes, so do their indexes; a float32 index keeps its old key."""
+    """Embeddings differ between dtypes, so do their indexes; a float32 index keeps its old key
+    (the one it had before the dtype and the ivfpq-only settings existed)."""
     import hashlib
 
     from slm_ray.config import DenseConfig
     from slm_ray.data.base import Passage
     from slm_ray.data.corpus import corpus_fingerprint
     from slm_ray.retrieval.base import QUERY_TIME_KEYS, index_key
+    from slm_ray.retrieval.faiss_index import IVFPQ_KEYS
 
     corpus = [Passage(id="p0", title="t", text="some text")]
     fp32, bf16 = DenseConfig(dtype="float32", device="cpu"), DenseConfig(dtype="bfloat16", device="cpu")
     assert index_key(fp32, corpus) != index_key(bf16, corpus)
-    before = {k: v for k, v in fp32.model_dump().items() if k not in QUERY_TIME_KEYS and k != "dtype"}
+    before = {k: v for k, v in fp32.model_dump().items()
+              if k not in QUERY_TIME_KEYS and k != "dtype" and k not in IVFPQ_KEYS}
     blob = json.dumps({"settings": before, "corpus": corpus_fingerprint(corpus)}, sort_keys=True)
     assert index_key(fp32, corpus) == f"dense-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 

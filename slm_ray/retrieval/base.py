@@ -27,7 +27,7 @@ log = logging.getLogger("slm_ray.retrieval")
 #: Beside an index folder, the work folder of its build (``<key>.partial/``): kept across a kill.
 PARTIAL_SUFFIX = ".partial"
 #: Settings that change how queries run but not what the index holds.
-QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "encode_batch_size", "device"})
+QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "rerank_factor", "encode_batch_size", "device"})
 
 
 @dataclass(frozen=True)

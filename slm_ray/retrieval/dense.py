@@ -11,6 +11,7 @@ from typing import Any
 from slm_ray.errors import ConfigError
 from slm_ray.logs import STEP, without_loading_bars
 from slm_ray.retrieval.base import BaseRetriever, passage_text
+from slm_ray.retrieval.faiss_index import IVFPQ_KEYS, apply_query_settings, build_index, read_index, write_index
 
 log = logging.getLogger("slm_ray.retrieval")
 
@@ -57,7 +58,7 @@ def faiss_has_gpu(faiss_module: Any) -> bool:
 
 
 class DenseRetriever(BaseRetriever):
-    """FAISS Flat (exact), IVF or HNSW over all-MiniLM-L6-v2 (or any sentence-transformers) embeddings."""
+    """FAISS Flat (exact), IVF, HNSW or IVF-PQ over all-MiniLM-L6-v2 (or any sentence-transformers) embeddings."""
 
     def __init__(self, config: Any, passages):
         super().__init__(config, passages)
@@ -73,6 +74,9 @@ class DenseRetriever(BaseRetriever):
         the setting existed, so those indexes stay valid."""
         settings = super().index_settings(config)
         settings.pop("dtype", None)
+        if config.index_type != "ivfpq":
+            for key in IVFPQ_KEYS:
+                settings.pop(key, None)
         dtype = encoder_dtype(config)[0]
         if dtype != "float32":
             settings["dtype"] = dtype
@@ -122,28 +126,15 @@ class DenseRetriever(BaseRetriever):
         return np.concatenate(parts) if parts else self.encode(texts)
 
     def build(self) -> None:
-        import faiss
-
-        embeddings = self._encode_corpus()
-        dim = embeddings.shape[1]
-        if self.config.index_type == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif self.config.index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        else:
-            nlist = max(1, min(self.config.nlist, len(self.passages) // 39))  # faiss wants ~39 points per list
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(embeddings)
-        index.add(embeddings)
-        self._set_index(index)
+        self._set_index(build_index(self.config, self._encode_corpus()))
 
     def _set_index(self, index: Any) -> None:
         """Keep the index, moved to the GPU when the faiss GPU build and a GPU are present."""
         import faiss
 
-        if self.config.index_type == "ivf":
-            index.nprobe = self.config.nprobe
-        if self._device() == "cuda" and faiss_has_gpu(faiss) and self.config.index_type != "hnsw":
+        apply_query_settings(index, self.config)
+        # HNSW has no GPU version; IVF-PQ is the memory-lean CPU index (memory-mapped, re-ranked).
+        if self._device() == "cuda" and faiss_has_gpu(faiss) and self.config.index_type in ("flat", "ivf"):
             self._gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
             self.index_device = "cuda"
@@ -154,12 +145,11 @@ class DenseRetriever(BaseRetriever):
         import faiss
 
         index = faiss.index_gpu_to_cpu(self._index) if self.index_device == "cuda" else self._index
-        faiss.write_index(index, str(folder / "index.faiss"))
+        write_index(index, folder / "index.faiss")
 
     def load(self, folder: Path) -> None:
-        import faiss
-
-        index = faiss.read_index(str(folder / "index.faiss"))
+        """Memory-mapped (``faiss_index.read_index``): several actors on a node share the pages."""
+        index = read_index(folder / "index.faiss")
         if index.ntotal != len(self.passages):
             raise ValueError(f"index holds {index.ntotal} vectors, corpus has {len(self.passages)}")
         self._set_index(index)
