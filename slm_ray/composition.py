@@ -225,6 +225,16 @@ def compose_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     return validate_config(compose_raw(overrides))
 
 
+def compose_jobs(overrides: Sequence[str], print_config: str | None) -> list[ExperimentConfig] | None:
+    """Every combination of ``key=a,b`` composed and checked before any work starts; with ``--cfg``
+    they are printed instead and None is returned (the command is done)."""
+    configs = [compose_config(combo) for combo in expand_overrides(overrides)]
+    if not print_config:
+        return configs
+    print_configs(print_config, [c.model_dump(by_alias=True) for c in configs], overrides)
+    return None
+
+
 def print_configs(which: str, jobs: list[dict[str, Any]], overrides: Sequence[str]) -> None:
     """``--cfg job|hydra|all`` as Hydra prints it: YAML, one document per job of a multirun; every
     secret masked (``slm_ray.redaction``)."""

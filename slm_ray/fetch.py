@@ -90,13 +90,9 @@ def _configs(arguments: list[str], print_config: str | None) -> list[Any] | None
             print(plan.render())
             return None
         return [trial.config for trial in plan.trials]
-    from slm_ray.composition import compose_config, expand_overrides, print_configs
+    from slm_ray.composition import compose_jobs
 
-    configs = [compose_config(combo) for combo in expand_overrides(arguments)]
-    if print_config:
-        print_configs(print_config, [c.model_dump(by_alias=True) for c in configs], arguments)
-        return None
-    return configs
+    return compose_jobs(arguments, print_config)
 
 
 def plan_items(configs: Sequence[Any]) -> list[Item]:

@@ -25,17 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _index(overrides: list[str], print_config: str | None) -> int:
-    from slm_ray.composition import compose_config, expand_overrides
+    from slm_ray.composition import compose_jobs
     from slm_ray.data.storage import load_env_file
 
     load_env_file()
-    configs = [compose_config(combo) for combo in expand_overrides(overrides)]  # all checked before any build
-    if print_config:
-        from slm_ray.composition import print_configs
-
-        print_configs(print_config, [c.model_dump(by_alias=True) for c in configs], overrides)
-        return 0
-    for cfg in _distinct_indexes(configs):
+    configs = compose_jobs(overrides, print_config)  # all checked before any build
+    for cfg in _distinct_indexes(configs or []):
         build_index_of(cfg)
     return 0
 

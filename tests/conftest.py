@@ -163,6 +163,22 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """One local Ray (2 CPUs) that a module's tests share, for those that need a Ray but not one of
+    their own (a sweep command starts its own). The test process is connected."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def two_node_cluster() -> Iterator[Any]:
     """A real Ray cluster of two nodes on this machine, each declaring 2 CPUs and 1 GPU (the GPUs
     are only logical: trials ask for GPU shares and run on CPU). The test process is connected."""

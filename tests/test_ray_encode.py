@@ -14,20 +14,6 @@ from slm_ray.retrieval.dense import DenseRetriever
 from slm_ray.retrieval.ray_encode import encode_with_ray_data, shard_path
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        patch.delenv("RAY_ADDRESS", raising=False)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_data_shards_match_in_process_encoding_and_resume(local_ray, tmp_path: Path) -> None:
     config = DenseConfig(device="cpu", dtype="float32")

@@ -80,23 +80,6 @@ def test_verify_recomputes_every_metric_and_fails_loudly(make_config, small_corp
     assert _verify(out, capsys)[0] == 0
 
 
-# --- Ray: one local Ray for the module ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        patch.delenv("RAY_ADDRESS", raising=False)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-
-
 # --- 2. a trial's process killed in the middle of the trial --------------------------------------------
 
 
