@@ -98,9 +98,15 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
     # Ray's state API: each trial ran in one of Tune's trial actors, holding the sweep's resources
 
     bundles = {pg.placement_group_id: pg.bundles for pg in list_placement_groups(detail=True, limit=10_000)}
-    trial_actors = {a.pid: a for a in list_actors(detail=True, limit=10_000) if a.class_name == "ImplicitFunc"}
-    for name in status:
-        pid = json.loads((sweep_dir / "trials" / name / "trial.json").read_text())["pid"]
+    pids = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text())["pid"] for name in status}
+    deadline = time.monotonic() + 30  # the state API reads GCS's actor table, which a busy machine updates late
+    while True:
+        trial_actors = {a.pid: a for a in list_actors(detail=True, limit=10_000) if a.class_name == "ImplicitFunc"}
+        if set(pids.values()) <= set(trial_actors) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert set(pids.values()) <= set(trial_actors), (pids, sorted(trial_actors))
+    for name, pid in pids.items():
         actor = trial_actors[pid]
         assert [b["unit_resources"] for b in bundles[actor.placement_group_id]] == [{"CPU": 1.0, "GPU": 0.5}]
     # the summary and its plots are there
