@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slm_ray.config import BM25Config, DenseConfig
+from slm_ray.config import BM25Config, DenseConfig, HybridConfig
 from slm_ray.data.base import Passage, QAExample
 from slm_ray.data.corpus import builtin_nq_corpus
 from slm_ray.data.nq import NQOpenDataset
@@ -88,8 +88,8 @@ def best_alpha(scores: dict[str, dict[str, float]], alphas: list[float]) -> floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--step", type=float, default=0.05, help="spacing of the alpha grid over [0, 1]")
-    parser.add_argument("--rrf-k", type=float, default=60.0, help="RRF's fusion constant")
-    parser.add_argument("--depth", type=int, default=100, help="passages taken from each ranking before fusing")
+    parser.add_argument("--rrf-k", type=float, default=HybridConfig().rrf_k, help="RRF's fusion constant")
+    parser.add_argument("--depth", type=int, default=HybridConfig().depth, help="passages taken from each ranking before fusing")
     parser.add_argument("--cache-dir", default=".cache", help="index cache (reused across runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "fusion.json")
     args = parser.parse_args(argv)
