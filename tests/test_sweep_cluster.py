@@ -89,26 +89,19 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
         assert record_file["node_id"] in stats["nodes"]
     # the indexes were built before the trials by prepare tasks holding a whole node's CPUs; the
     # retriever actors only loaded them
-    from ray.util.state import list_actors, list_placement_groups, list_tasks
+    from ray.util.state import list_tasks
 
     assert all(a["index_built_now"] is False for a in actors), actors
     builds = [t for t in list_tasks(detail=True, limit=10_000)  # this sweep's, not an earlier test's
               if t.func_or_class_name == "build_index" and (t.creation_time_ms or 0) >= started_ms]
     assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
-    # Ray's state API: each trial ran in one of Tune's trial actors, holding the sweep's resources
-
-    bundles = {pg.placement_group_id: pg.bundles for pg in list_placement_groups(detail=True, limit=10_000)}
-    pids = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text())["pid"] for name in status}
-    deadline = time.monotonic() + 30  # the state API reads GCS's actor table, which a busy machine updates late
-    while True:
-        trial_actors = {a.pid: a for a in list_actors(detail=True, limit=10_000) if a.class_name == "ImplicitFunc"}
-        if set(pids.values()) <= set(trial_actors) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert set(pids.values()) <= set(trial_actors), (pids, sorted(trial_actors))
-    for name, pid in pids.items():
-        actor = trial_actors[pid]
-        assert [b["unit_resources"] for b in bundles[actor.placement_group_id]] == [{"CPU": 1.0, "GPU": 0.5}]
+    # each trial ran in one of Tune's trial actors, holding the sweep's resources (as Ray's runtime
+    # context told the trial: the state API's actor table of a finished job is not reliable here)
+    records = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text()) for name in status}
+    assert all(r["resources"] == {"CPU": 1.0, "GPU": 0.5} for r in records.values()), records
+    assert all(r["actor_id"] for r in records.values())
+    # trials of the same model reuse an actor: fewer actors than trials
+    assert len({r["actor_id"] for r in records.values()}) < len(records)
     # the summary and its plots are there
     for name in ("summary.csv", "summary.md", "token_recall.png", "memory.png", "throughput.png"):
         assert (sweep_dir / name).is_file()

@@ -72,7 +72,8 @@ class TrialEvents(Callback):
         if status == "started":
             actor = f"generator-{result.get('pid')}"
             self._record(name, status="running", actor=actor, node_id=result.get("node_id"),
-                         pid=result.get("pid"), mirrored=result.get("mirrored"))
+                         pid=result.get("pid"), actor_id=result.get("actor_id"),
+                         resources=result.get("trial_resources"), mirrored=result.get("mirrored"))
             if name not in self.started and display.ACTIVE is not None:
                 display.ACTIVE.trial_started()
             self.started.add(name)
