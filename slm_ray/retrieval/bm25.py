@@ -14,8 +14,8 @@ ones. When all are there, they are hard-linked into the staging folder of the in
 completed (manifest, rename) and verified as every cache entry is; then the partial folder goes.
 
 Shards are loaded with bm25s' ``mmap=True``: the score matrix stays in the page cache, so a retriever
-actor's resident memory is the shards' vocabularies plus the pages queries touch, well below the
-index size. Passage texts are read from the corpus (a memory-mapped ``PassageStore``) by index.
+actor's resident memory is the shards' vocabularies (compact arrays, ``bm25_vocab``) plus the pages
+queries touch, well below the index size. Passage texts are read from the corpus (a memory-mapped ``PassageStore``) by index.
 """
 
 from __future__ import annotations
@@ -175,14 +175,19 @@ class BM25Retriever(BaseRetriever):
             folders = [folder / SHARDS_FOLDER / _shard_name(number) for number in range(len(saved))]
         if [tuple(b) for b in saved] != self.bounds:
             raise ValueError(f"index has shards {saved}, corpus of {len(self.passages)} passages needs {self.bounds}")
+        from slm_ray.retrieval.bm25_vocab import CompactVocab, release_freed_memory
+
         shards = []
         for number, ((start, stop), path) in enumerate(zip(self.bounds, folders)):
-            model = _bm25s().BM25.load(str(path), mmap=True)
+            model = _bm25s().BM25.load(str(path), mmap=True, load_vocab=False)
+            model.vocab_dict = CompactVocab.read(path)  # a few MB where bm25s' dict and set take ~35
+            model.unique_token_ids_set = model.vocab_dict.id_set()
             if model.scores["num_docs"] != stop - start:
                 raise ValueError(f"index shard {number} holds {model.scores['num_docs']} documents, "
                                  f"corpus has {stop - start}")
             shards.append((start, model))
         self._shards = shards
+        release_freed_memory()
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         import numpy as np
