@@ -212,11 +212,14 @@ def _fake_pynvml(processes_by_device, init_error=None):
 
 @pytest.fixture
 def fresh_nvml(monkeypatch):
-    """Forget the cached NVML outcome and install a fake pynvml given by the test."""
-    monkeypatch.setattr(memory, "_NVML", memory._NvmlState())
+    """Install a fake pynvml given by the test, then forget the cached NVML outcome. In that order:
+    a sampling thread of an earlier test's monitor that is still winding down may initialise NVML
+    at any moment, and must find the fake (with the real pynvml on a machine without a GPU, it
+    cached "NVML Shared Library Not Found" into the fresh state, once, in a full run)."""
 
     def install(module):
         monkeypatch.setitem(sys.modules, "pynvml", module)
+        monkeypatch.setattr(memory, "_NVML", memory._NvmlState())
         return module
 
     return install

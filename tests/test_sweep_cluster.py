@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,41 @@ max_concurrent_trials: 2
     return sweep
 
 
+class _TrialActorWatch:
+    """Lists Tune's trial actors through Ray's state API while the sweep runs (a finished job's
+    actors may be gone from the actor table by the time it returns): actor id -> bundles held."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.bundles: dict[str, list[dict[str, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        from ray.util.state import list_actors, list_placement_groups
+
+        while not self._stop.wait(0.5):
+            try:
+                actors = [a for a in list_actors(address=self.address, detail=True, limit=10_000, raise_on_missing_output=False)
+                          if a.class_name == "ImplicitFunc" and a.placement_group_id and a.actor_id not in self.bundles]
+                if actors:
+                    groups = {pg.placement_group_id: pg.bundles
+                              for pg in list_placement_groups(address=self.address, detail=True, limit=10_000)}
+                    for actor in actors:
+                        if actor.placement_group_id in groups:
+                            self.bundles[actor.actor_id] = [b["unit_resources"] for b in groups[actor.placement_group_id]]
+            except Exception:  # noqa: BLE001 - the state API can time out on a busy machine: poll again
+                continue
+
+    def __enter__(self) -> "_TrialActorWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _mtimes(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
 
@@ -60,7 +96,8 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
 
     started = time.perf_counter()
     started_ms = time.time() * 1000
-    run_sweep(plan, address=two_node_cluster.address)
+    with _TrialActorWatch(two_node_cluster.address) as watch:
+        run_sweep(plan, address=two_node_cluster.address)
     first_wall = time.perf_counter() - started
     sweep_dir = sweep_env / "outputs" / "sweeps" / "cluster"
     summary = json.loads((sweep_dir / "summary.json").read_text())
@@ -95,11 +132,12 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
     builds = [t for t in list_tasks(detail=True, limit=10_000)  # this sweep's, not an earlier test's
               if t.func_or_class_name == "build_index" and (t.creation_time_ms or 0) >= started_ms]
     assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
-    # each trial ran in one of Tune's trial actors, holding the sweep's resources (as Ray's runtime
-    # context told the trial: the state API's actor table of a finished job is not reliable here)
+    # each trial ran in one of Tune's trial actors, holding the sweep's resources: as the trial's
+    # runtime context told it (trial.json), and as Ray's state API listed the actors while they ran
     records = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text()) for name in status}
     assert all(r["resources"] == {"CPU": 1.0, "GPU": 0.5} for r in records.values()), records
-    assert all(r["actor_id"] for r in records.values())
+    assert {r["actor_id"] for r in records.values()} <= set(watch.bundles), (records, watch.bundles)
+    assert all(watch.bundles[r["actor_id"]] == [{"CPU": 1.0, "GPU": 0.5}] for r in records.values()), watch.bundles
     # trials of the same model reuse an actor: fewer actors than trials
     assert len({r["actor_id"] for r in records.values()}) < len(records)
     # the summary and its plots are there
