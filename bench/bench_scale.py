@@ -20,6 +20,8 @@ actor
     the libraries' own memory (numpy, pyarrow, bm25s, measured before the load), and ``retrieve`` of
     ``--queries`` queries (3-5 words of the vocabulary) in batches of 256, top-10: queries/s and the
     RSS after them, split into anonymous memory and the mapped files' resident pages (page cache);
+    then the same queries over the same shards as bm25s loads and scores them itself, as the
+    baseline of the queries/s ratio (the answers must be equal);
 sweep
     a real ``slm-ray sweep`` of two retriever_context trials (tiny model, 20 questions) over the
     corpus and the index the bm25 step built: the driver's peak RSS (polled; goal: under 2 GB) and
@@ -174,12 +176,35 @@ def step_actor(work: Path, shard_size: int, n_queries: int) -> dict:
     seconds = time.perf_counter() - started
     assert sum(len(h) for h in hits) == len(asked)
     after_split = _rss_split_mb()
+    from slm_ray.retrieval.base import index_key
+
+    baseline_qps = _bm25s_baseline(retriever, work / "cache" / "indexes" / index_key(retriever.config, store), asked, hits)
     return {"actor_load_s": round(load_s, 2), "libraries_rss_mb": round(libraries), "actor_rss_mb": round(loaded),
             "actor_rss_anon_mb": round(loaded_split["RssAnon"]), "actor_rss_file_mb": round(loaded_split["RssFile"]),
             "actor_rss_after_queries_mb": round(_rss_mb()),
             "actor_rss_anon_after_queries_mb": round(after_split["RssAnon"]),
             "actor_rss_file_after_queries_mb": round(after_split["RssFile"]), "queries": len(asked),
-            "queries_per_s": round(len(asked) / seconds, 1), "k": K}
+            "queries_per_s": round(len(asked) / seconds, 1), "k": K,
+            "bm25s_own_queries_per_s": round(baseline_qps, 1),
+            "queries_per_s_over_bm25s_own": round(len(asked) / seconds / baseline_qps, 2)}
+
+
+def _bm25s_baseline(retriever, folder: Path, asked: list[str], hits: list) -> float:
+    """Queries/s of the same shards loaded and scored by bm25s itself (``BM25.load(mmap=True)``,
+    its dict vocabulary and ``np.add.at`` scoring), in this process; its answers must equal ours."""
+    import copy
+
+    from slm_ray.retrieval.bm25_shard import bm25s_module
+
+    paths = sorted((folder / "shards").iterdir()) if (folder / "shards").exists() else [folder]
+    plain = copy.copy(retriever)
+    plain._shards = [(start, bm25s_module().BM25.load(str(path), mmap=True))
+                     for (start, _), path in zip(retriever._shards, paths)]
+    started = time.perf_counter()
+    again = [plain.retrieve(asked[i:i + BATCH], K) for i in range(0, len(asked), BATCH)]
+    seconds = time.perf_counter() - started
+    assert again == hits, "bm25s' own scoring answered differently"
+    return len(asked) / seconds
 
 
 def step_sweep(work: Path, shard_size: int, n_queries: int) -> dict:

@@ -153,7 +153,7 @@ def test_shards_merge_by_score(tmp_path: Path) -> None:
 
 def _per_shard_hits(retriever) -> list[list[tuple[int, float]]]:
     per_query: list[list[tuple[int, float]]] = [[] for _ in QUERIES]
-    tokens = bm25._bm25s().tokenization.convert_tokenized_to_string_list(retriever._tokenize(QUERIES))
+    tokens = bm25.bm25s_module().tokenization.convert_tokenized_to_string_list(retriever._tokenize(QUERIES))
     for start, model in retriever._shards:
         ids, scores = model.retrieve(tokens, k=5, show_progress=False)
         for found, row_ids, row_scores in zip(per_query, ids, scores):

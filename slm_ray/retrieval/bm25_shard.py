@@ -1,17 +1,26 @@
-"""A bm25s shard's vocabulary in three numpy arrays instead of a Python dict.
+"""A loaded bm25s shard, lean in memory and quick to score: its vocabulary in three numpy arrays
+instead of a Python dict, and its scores summed without ``np.add.at``.
 
 bm25s keeps ``vocab_dict`` (token -> id) and ``unique_token_ids_set`` as Python objects: about
 170 bytes a token, 33 MB for the 199,059 tokens of one 500,000-passage shard of the scale bench,
 which was most of a memory-mapped retriever actor's own memory. Here the tokens are one UTF-8 byte
 buffer in sorted order with their offsets and ids (about 20 bytes a token), looked up by binary
 search: a query has a few dozen tokens, so the lookups cost microseconds. The score matrix itself is
-memory-mapped by bm25s (``mmap=True``) and is not touched here.
+memory-mapped by bm25s (``mmap=True``).
+
+Scoring: bm25s' numpy backend adds each query token's column of the score matrix into the
+passages' scores with ``np.add.at``, which is unbuffered and slow on long columns (a frequent word
+of a 500,000-passage shard). Within one column every passage appears once, so a buffered
+``scores[rows] += column`` adds the same numbers in the same order: the scores are bit for bit
+bm25s' own, and the top-k selection is bm25s' own.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +85,39 @@ class CompactVocab(Mapping[str, int]):
     @property
     def nbytes(self) -> int:
         return len(self._blob) + self._offsets.nbytes + self._ids.nbytes
+
+
+def load_shard(folder: str | Path) -> Any:
+    """A saved bm25s index, memory-mapped, with the compact vocabulary and the buffered scoring."""
+    model = _lean_class().load(str(folder), mmap=True, load_vocab=False, show_progress=False)
+    model.vocab_dict = CompactVocab.read(folder)
+    model.unique_token_ids_set = model.vocab_dict.id_set()
+    return model
+
+
+def _sum_columns(data: Any, indptr: Any, indices: Any, num_docs: int, query_tokens_ids: Any, dtype: Any) -> Any:
+    """bm25s' ``_compute_relevance_from_scores`` with ``+=`` for ``np.add.at`` (see the module)."""
+    import numpy as np
+
+    scores = np.zeros(num_docs, dtype=dtype)
+    for token in query_tokens_ids:
+        start, end = indptr[token], indptr[token + 1]
+        scores[indices[start:end]] += data[start:end]  # a column holds each passage once
+    return scores
+
+
+def bm25s_module() -> Any:
+    """bm25s, imported on first use; its import sets its own logger to DEBUG, so quiet it again."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+@functools.cache
+def _lean_class() -> type:
+    """bm25s.BM25 scoring with ``_sum_columns`` (made on first use: bm25s loads only with an index)."""
+    return type("LeanBM25", (bm25s_module().BM25,), {"_compute_relevance_from_scores": staticmethod(_sum_columns)})
 
 
 def release_freed_memory() -> None:
