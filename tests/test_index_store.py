@@ -192,3 +192,23 @@ def test_slm_ray_index_says_where_the_index_came_from(store: str, tmp_path: Path
     assert "s3://no-such-bucket-x2/idx/" in errors[0] and "bucket not found" in errors[0], bad.stderr
     for done in (first, second, bad):
         assert "a-secret-nobody-may-print" not in done.stdout + done.stderr
+
+
+def test_a_sweeps_prepare_task_uploads_and_a_retriever_actor_on_another_node_downloads(
+        store: str, tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bodies of the prepare task and the retriever actor, called here (no Ray): a cluster whose
+    nodes have caches of their own builds the index once."""
+    from slm_ray.retrieval.service import RetrieverService
+    from slm_ray.sweeps.prepare import build_index
+
+    monkeypatch.chdir(tmp_path)  # both chdir into the driver's folder
+    corpus = {"name": "small", "path": str(small_corpus)}
+    retriever = BM25Config().model_dump(by_alias=True)
+    prepared = build_index(retriever, corpus, str(tmp_path / "head-cache"), str(tmp_path), 1, store)
+    assert prepared["built_now"] and f"(uploaded to {store}/bm25-" in prepared["how"], prepared
+    _no_build(monkeypatch, bm25.BM25Retriever)
+    service = RetrieverService("bm25-x", retriever, corpus, str(tmp_path / "worker-cache"), str(tmp_path),
+                               memory_interval_s=0.05, index_store=store)
+    service.warmup()
+    assert service.built_now is False and service.retrieve(["who wrote the song"], 3)[0]
+    assert (tmp_path / "worker-cache" / "indexes" / service.index_key).is_dir()
