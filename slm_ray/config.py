@@ -335,6 +335,9 @@ class ExperimentSection(Section):
     retrieval_batch_size: int = Field(default=256, ge=1)
     #: Start over when the inputs changed: the old folder is moved aside to ``<name>.replaced-<time>``.
     replace: bool = False
+    #: ``s3://bucket/prefix``: retrieval indexes missing locally are downloaded from there, and those
+    #: built here uploaded, so a cluster without a shared file system builds each once; null = local only.
+    index_store: str | None = None
 
     @field_validator("output_dir", "cache_dir")
     @classmethod
@@ -343,6 +346,14 @@ class ExperimentSection(Section):
         for part in value.replace("\\", "/").split("/"):
             if len(part.encode("utf-8")) > 255:
                 raise ValueError(f"has a part of {len(part.encode('utf-8'))} bytes (at most 255 per folder name)")
+        return value
+
+    @field_validator("index_store")
+    @classmethod
+    def _s3_folder(cls, value: str | None) -> str | None:
+        """Only S3 is a shared index store: a local path would be just a second cache_dir."""
+        if value is not None and (not value.startswith("s3://") or not value[len("s3://"):].strip("/")):
+            raise ValueError(f"{value!r} is not an S3 folder (valid: s3://bucket or s3://bucket/prefix, or null)")
         return value
 
 

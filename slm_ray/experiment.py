@@ -70,7 +70,8 @@ def build_local_retriever(cfg: ExperimentConfig) -> Any:
     from slm_ray.data.corpus import load_corpus
     from slm_ray.retrieval.base import build_or_load
 
-    return build_or_load(cfg.retriever, load_corpus(cfg.corpus, cfg.experiment.cache_dir), cfg.experiment.cache_dir)[0]
+    return build_or_load(cfg.retriever, load_corpus(cfg.corpus, cfg.experiment.cache_dir), cfg.experiment.cache_dir,
+                         cfg.experiment.index_store)[0]
 
 
 def contexts_for(cfg: ExperimentConfig, examples: list[QAExample], retriever: Retriever | None) -> list[list[Passage] | None]:

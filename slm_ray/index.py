@@ -8,6 +8,9 @@ Arguments are the Hydra overrides a run or sweep would get (``key=a,b`` builds e
 lands in ``<experiment.cache_dir>/indexes/`` under the key those runs look for, so they only load
 it. A corpus file is streamed into its passage store first; a killed build resumes from its
 finished shards. An index that is already there and sound is left as it is ("cached").
+With ``experiment.index_store=s3://bucket/prefix`` a missing index is downloaded from there when an
+upload of it is complete ("downloaded from s3://..."), and one built (or cached but not yet there)
+is uploaded, so the other machines of a cluster download it instead of building it.
 Options: --config-dir DIR, --debug, --help. (``python -m slm_ray.index`` is the same.)
 """
 
@@ -50,16 +53,17 @@ def _distinct_indexes(configs: list[Any]) -> list[Any]:
 def build_index_of(cfg: Any) -> bool:
     """Build (or find) the index of ``cfg``'s retriever over its corpus; one line saying which."""
     from slm_ray.data.corpus import load_corpus
-    from slm_ray.retrieval.base import ensure_index, index_key
+    from slm_ray.retrieval.base import ensure_index_origin, index_key
 
     started = time.perf_counter()
     passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
-    built = ensure_index(cfg.retriever, passages, cfg.experiment.cache_dir)
+    origin = ensure_index_origin(cfg.retriever, passages, cfg.experiment.cache_dir, cfg.experiment.index_store)
     where = (f"{cfg.experiment.cache_dir}/indexes/{index_key(cfg.retriever, passages)}" if cfg.retriever.type != "hybrid"
              else "the bm25 and dense indexes it fuses")
+    uploaded = f" (uploaded to {origin.uploaded_to})" if origin.uploaded_to else ""
     print(f"{cfg.retriever.name} over corpus {cfg.corpus.name} ({len(passages):,} passages): "
-          f"{'built' if built else 'cached'} in {time.perf_counter() - started:.1f}s -> {where}")
-    return built
+          f"{origin.found} in {time.perf_counter() - started:.1f}s -> {where}{uploaded}")
+    return origin.built
 
 
 if __name__ == "__main__":

@@ -225,12 +225,14 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 @contextmanager
-def _storage_errors(client: Any, obj: _S3Object, cache_dir: Path) -> Iterator[None]:
-    """Turn botocore and filesystem failures into one-line ``StorageError``s that say what to fix."""
+def _storage_errors(client: Any, obj: _S3Object, cache_dir: Path, action: str = "download") -> Iterator[None]:
+    """Turn botocore and filesystem failures into one-line ``StorageError``s that say what to fix
+    (``action``: the word for what failed, "download" or "upload")."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
     from botocore.exceptions import ConnectionError as EndpointUnreachable
 
     endpoint = client.meta.endpoint_url
+    direction, local = ("from", "into") if action == "download" else ("to", "from")
     try:
         yield
     except ClientError as exc:
@@ -242,12 +244,42 @@ def _storage_errors(client: Any, obj: _S3Object, cache_dir: Path) -> Iterator[No
             _redact(f"cannot reach the S3 endpoint {endpoint}: {exc} (check AWS_ENDPOINT_URL and the network)")
         ) from exc
     except BotoCoreError as exc:  # read timeouts, streams cut mid-way
-        raise StorageError(_redact(f"download of {obj.uri} from {endpoint} failed: {exc}")) from exc
+        raise StorageError(_redact(f"{action} of {obj.uri} {direction} {endpoint} failed: {exc}")) from exc
     except OSError as exc:  # cache folder not writable, disk full: the one line for write faults
         from slm_ray.errors import unwritable
 
         raise (unwritable(cache_dir, exc, "experiment.cache_dir")
-               or StorageError(f"cannot download {obj.uri} into {cache_dir}: {exc}")) from exc
+               or StorageError(f"cannot {action} {obj.uri} {local} {cache_dir}: {exc}")) from exc
+
+
+# --- the same client, errors and atomic download for other S3 users (the retrieval index store) --------
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> ("bucket", "some/prefix"): a folder, so the key may be empty."""
+    bucket, _, key = uri[len(S3_SCHEME):].partition("/") if is_remote(uri) else ("", "", "")
+    if not bucket:
+        raise StorageError(f"malformed S3 URI {uri!r}: expected s3://bucket or s3://bucket/prefix")
+    return bucket, key.strip("/")
+
+
+def s3_client(uri: str) -> Any:
+    """The client every S3 access uses (``.env`` read first), for the object or folder ``uri``."""
+    load_env_file()
+    return _make_client(_S3Object(*split_s3_uri(uri)))
+
+
+@contextmanager
+def s3_errors(client: Any, uri: str, local_dir: str | Path, action: str = "download") -> Iterator[None]:
+    """One-line, redacted ``StorageError``s naming ``uri`` for any failure inside the block."""
+    with _storage_errors(client, _S3Object(*split_s3_uri(uri)), Path(local_dir), action):
+        yield
+
+
+def download_object(client: Any, uri: str, size: int, target: Path) -> None:
+    """Download the object ``uri`` of ``size`` bytes to ``target``: retried when cut, renamed into
+    place only when whole. For objects that never change (no ETag condition)."""
+    _download_atomically(client, _S3Object(*split_s3_uri(uri)), "", size, target)
 
 
 def _client_error_message(client: Any, obj: _S3Object, exc: Any) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slm_ray.retrieval.base import BaseRetriever
+from slm_ray.retrieval.base import BaseRetriever, IndexOrigin
 
 PARTS = ("bm25", "dense")
 
@@ -95,14 +95,20 @@ class HybridRetriever(BaseRetriever):
         return settings
 
     @classmethod
-    def open_cached(cls, config: Any, passages, cache_dir: str | Path) -> tuple["HybridRetriever", bool]:
-        """Both parts from the shared index cache (built there when missing); True if one was built."""
-        from slm_ray.retrieval.base import build_or_load
+    def open_cached(cls, config: Any, passages, cache_dir: str | Path,
+                    index_store: str | None = None) -> tuple["HybridRetriever", IndexOrigin]:
+        """Both parts from the shared index cache (built, or downloaded from ``index_store``, when
+        missing there); where they came from, as one origin."""
+        from slm_ray.retrieval.base import _cached_index
 
         retriever = cls(config, passages)
+        origins = []
         for name, part_cfg in retriever._part_configs().items():
-            retriever.parts[name], retriever.parts_built_now[name] = build_or_load(part_cfg, passages, cache_dir)
-        return retriever, any(retriever.parts_built_now.values())
+            retriever.parts[name], origin = _cached_index(part_cfg, passages, cache_dir, load=True,
+                                                          index_store=index_store)
+            retriever.parts_built_now[name] = origin.built
+            origins.append(origin)
+        return retriever, IndexOrigin.of_parts(origins, index_store)
 
     def build(self) -> None:
         from slm_ray.config import import_object

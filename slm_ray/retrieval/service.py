@@ -64,7 +64,8 @@ class RetrieverService:
     """The body of a retriever actor: corpus + index + memoised, disk-cached search results."""
 
     def __init__(self, key: str, retriever_cfg: dict[str, Any], corpus_cfg: dict[str, Any], cache_dir: str,
-                 driver_cwd: str | None = None, threads: int | None = None, memory_interval_s: float = 0.5):
+                 driver_cwd: str | None = None, threads: int | None = None, memory_interval_s: float = 0.5,
+                 index_store: str | None = None):
         from pydantic import TypeAdapter
 
         from slm_ray.logs import setup_actor_logging
@@ -83,6 +84,7 @@ class RetrieverService:
         self.config = TypeAdapter(RetrieverConfig).validate_python(retriever_cfg)
         self.corpus_config = CorpusConfig.model_validate(corpus_cfg)
         self.cache_dir = Path(cache_dir)
+        self.index_store = index_store
         self.monitor = MemoryMonitor(interval_s=memory_interval_s).start()
         started = time.perf_counter()
         with self.monitor.phase("retriever"):
@@ -116,7 +118,8 @@ class RetrieverService:
 
         started = time.perf_counter()
         with self.monitor.phase("retriever"):
-            self._retriever, self.built_now = build_or_load(self.config, self.passages, self.cache_dir)
+            self._retriever, self.built_now = build_or_load(self.config, self.passages, self.cache_dir,
+                                                                self.index_store)
         self.index_seconds = time.perf_counter() - started
         log.info("retriever %s: index %s %s in %.1fs", self.key, self.index_key,
                  "built" if self.built_now else "loaded", self.index_seconds, extra=STEP)

@@ -320,7 +320,8 @@ def _start_retrievers(trials: list[Trial], plan: SweepPlan, namespace: str, driv
             name=f"retriever-{key}", namespace=namespace, num_cpus=rr.cpus, num_gpus=rr.gpus or 0,
             **RETRIEVER_RESTARTS, **runtime,
         ).remote(key, cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir,
-                 driver_cwd, int(rr.cpus) or os.cpu_count(), cfg.experiment.memory_interval_s)
+                 driver_cwd, int(rr.cpus) or os.cpu_count(), cfg.experiment.memory_interval_s,
+                 cfg.experiment.index_store)
         services[key].warmup.remote()
     return services
 

@@ -19,14 +19,15 @@ ENCODING_TYPES = ("dense", "hybrid")
 
 
 def build_index(retriever_cfg: dict[str, Any], corpus_cfg: dict[str, Any], cache_dir: str, driver_cwd: str,
-                threads: int) -> dict[str, Any]:
-    """The body of an index task: build the cached index where it is missing."""
+                threads: int, index_store: str | None = None) -> dict[str, Any]:
+    """The body of an index task: build the cached index where it is missing (or download it from
+    ``index_store``, and upload one built here)."""
     from pydantic import TypeAdapter
 
     from slm_ray.config import CorpusConfig, RetrieverConfig
     from slm_ray.data.corpus import load_corpus
     from slm_ray.logs import setup_actor_logging
-    from slm_ray.retrieval.base import ensure_index, index_key
+    from slm_ray.retrieval.base import ensure_index_origin, index_key
     from slm_ray.retrieval.service import enter_project_dir
 
     setup_actor_logging("prepare")
@@ -35,8 +36,8 @@ def build_index(retriever_cfg: dict[str, Any], corpus_cfg: dict[str, Any], cache
     started = time.perf_counter()
     config = TypeAdapter(RetrieverConfig).validate_python(retriever_cfg)
     passages = load_corpus(CorpusConfig.model_validate(corpus_cfg), cache_dir)
-    built = ensure_index(config, passages, cache_dir)
-    return {"what": f"index {index_key(config, passages)}", "built_now": built,
+    origin = ensure_index_origin(config, passages, cache_dir, index_store)
+    return {"what": f"index {index_key(config, passages)}", "built_now": origin.built, "how": origin.describe(),
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -76,7 +77,8 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
         cfg = trial.config
         gpus = 1 if has_gpu and cfg.retriever.type in ENCODING_TYPES else 0
         ref = ray.remote(build_index).options(num_cpus=cpus, num_gpus=gpus, max_retries=1, **runtime).remote(
-            cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir, driver_cwd, cpus)
+            cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir, driver_cwd, cpus,
+            cfg.experiment.index_store)
         jobs[ref] = (f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}", trial.retriever_key)
     for trial in _first_per(pending, _model_copy_key):
         cfg = trial.config
@@ -104,7 +106,8 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
             continue
         if out["what"].startswith("index"):
             counts["indexes_built" if out["built_now"] else "indexes_cached"] += 1
-        echo(f"  prepared  {what}: {'built' if out['built_now'] else 'cached'} ({out['seconds']:.1f}s)")
+        how = out.get("how") or ("built" if out["built_now"] else "cached")
+        echo(f"  prepared  {what}: {how} ({out['seconds']:.1f}s)")
     return {**counts, "failed": failed}
 
 
