@@ -54,7 +54,8 @@ def test_the_threshold_picks_the_path_and_leaves_the_index_key(corpus) -> None:
     _, store, _ = corpus
     ray_cfg = DenseConfig(**SETTINGS)
     assert DenseRetriever(ray_cfg, store).uses_ray_data()
-    assert not DenseRetriever(ray_cfg.model_copy(update={"ray_encode_min_passages": N_PASSAGES + 1}), store).uses_ray_data()
+    above = ray_cfg.model_copy(update={"ray_encode_min_passages": N_PASSAGES + 1})
+    assert not DenseRetriever(above, store).uses_ray_data()
     assert index_key(ray_cfg, store) == index_key(DenseConfig(device="cpu", dtype="float32"), store)
     # the built-in corpus keeps its shipped embeddings whatever the threshold
     assert not DenseRetriever(DenseConfig(ray_encode_min_passages=0), builtin_nq_corpus()).uses_ray_data()
@@ -129,7 +130,7 @@ def test_slm_ray_index_encodes_a_big_corpus_with_ray_data(corpus, tmp_path: Path
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "built in" in done.stdout and f"({N_PASSAGES} passages)" in done.stdout, done.stdout
-    progress = [line for line in done.stderr.splitlines() if "embedding shard" in line]
+    progress = [line for line in done.stderr.splitlines() if "embedding shard" in line and "encoded:" in line]
     assert len(progress) == 3 and "3 of 3" in progress[-1] and "min left" in progress[0], done.stderr
     config = DenseConfig(**SETTINGS)
     retriever, built_now = build_or_load(config, load_corpus(CorpusConfig(name="c", path=str(path)), cache), cache)

@@ -129,8 +129,8 @@ def encode_with_ray_data(config: Any, texts: Sequence[str], shard_dir: Path, sha
     _use_layout(shard_dir, len(texts), shard_size)
     missing = missing_shards(shard_dir, len(texts), shard_size)
     total = -(-len(texts) // shard_size)
-    log.info("dense index: %d of %d embedding shards to encode with Ray Data", len(missing), total, extra=STEP)
     if missing:
+        log.info("dense index: %d of %d embedding shards to encode with Ray Data", len(missing), total, extra=STEP)
         _run_pool(config, texts, shard_dir, shard_size, missing, concurrency=concurrency, num_gpus=num_gpus,
                   num_cpus=num_cpus, runtime_env=runtime_env)
     return load_shards(shard_dir, total)
@@ -156,7 +156,7 @@ def _run_pool(config: Any, texts: Sequence[str], shard_dir: Path, shard_size: in
     dataset = ray.data.from_items(rows).map_batches(
         ShardEncoder, fn_constructor_kwargs={"config": config, "shard_dir": str(shard_dir),
                                              "threads": int(num_cpus) if num_cpus else None},
-        batch_size=1, concurrency=concurrency, **remote_args)
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency), **remote_args)
     done: list[int] = []
     started = time.perf_counter()
     for row in dataset.iter_rows():
@@ -176,7 +176,8 @@ def encode_in_process(retriever: Any, texts: Sequence[str], shard_dir: Path, sha
     missing = missing_shards(shard_dir, len(texts), shard_size)
     started = time.perf_counter()
     for count, shard in enumerate(missing, start=1):
-        _save_shard(shard_path(shard_dir, shard), retriever.encode(list(texts[shard * shard_size:(shard + 1) * shard_size])))
+        rows = texts[shard * shard_size:(shard + 1) * shard_size]
+        _save_shard(shard_path(shard_dir, shard), retriever.encode(list(rows)))
         elapsed = time.perf_counter() - started
         log.info("dense index: embedding shard %d encoded in this process: %d of %d in %.0fs, about %.1f min left",
                  shard, count, len(missing), elapsed, elapsed / count * (len(missing) - count) / 60, extra=STEP)
@@ -222,17 +223,18 @@ def encode_for_index(retriever_cfg: Any, passages: Sequence[Any], cache_dir: str
     index``): encode the embedding shards of ``retriever_cfg``'s dense index with Ray Data from this
     driver, when the corpus is big enough and the index is not cached yet. True when it encoded."""
     from slm_ray.retrieval.base import PARTIAL_SUFFIX, index_key, passage_text
-    from slm_ray.store.cache_manifest import verify_manifest
 
     if not wants_ray_data(retriever_cfg, passages):
         return False
     config = dense_part(retriever_cfg)
     folder = Path(cache_dir) / "indexes" / index_key(config, passages)
-    if folder.is_dir() and verify_manifest(folder) is None:
+    if folder.is_dir():
+        # Cached. Not verified here (a CRC of GBs): the build checks it, and re-encodes an unsound
+        # entry in its own process (``encode_shards``).
         return False
     shard_dir = folder.with_name(folder.name + PARTIAL_SUFFIX) / EMBEDDINGS_FOLDER
-    encode_with_ray_data(config, LazyTexts(passages, passage_text), shard_dir, config.ray_encode_shard_size, runtime_env=runtime_env,
-                         **encoder_resources())
+    encode_with_ray_data(config, LazyTexts(passages, passage_text), shard_dir, config.ray_encode_shard_size,
+                         runtime_env=runtime_env, **encoder_resources())
     return True
 
 

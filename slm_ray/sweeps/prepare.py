@@ -78,7 +78,8 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
     for trial in _first_per(pending, lambda t: t.retriever_key):
         cfg = trial.config
         what = f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}"
-        error = _encode_from_driver(cfg, runtime.get("runtime_env"), echo) if cfg.retriever.type in ENCODING_TYPES else None
+        encodes = cfg.retriever.type in ENCODING_TYPES
+        error = _encode_from_driver(cfg, runtime.get("runtime_env"), echo) if encodes else None
         if error is not None:
             echo(f"  FAILED    {what}: {error}")
             failed[trial.retriever_key] = error
