@@ -252,6 +252,12 @@ class DenseConfig(Section):
     #: ivfpq with rerank: candidates re-ranked per result wanted (query-time; k * factor candidates).
     rerank_factor: int = Field(default=8, ge=1)
     encode_batch_size: int = Field(default=64, ge=1)
+    #: A corpus of at least this many passages is encoded by Ray Data (an actor pool of encoders: one
+    #: per GPU, or one with the node's CPUs) into resumable shards of ``ray_encode_shard_size``
+    #: passages; a smaller one in this process. 0 = always, a huge value = never. The built-in
+    #: corpus's shipped embeddings are used either way. Neither setting changes the index (its key).
+    ray_encode_min_passages: int = Field(default=200_000, ge=0)
+    ray_encode_shard_size: int = Field(default=10_000, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: The encoder's dtype; ``auto`` = bf16 where the hardware computes it natively (a GPU of compute
     #: capability 8.0+, a CPU with AVX-512 BF16 or AMX), float32 otherwise. Part of the index key.

@@ -7,7 +7,9 @@
 Arguments are the Hydra overrides a run or sweep would get (``key=a,b`` builds each); the index
 lands in ``<experiment.cache_dir>/indexes/`` under the key those runs look for, so they only load
 it. A corpus file is streamed into its passage store first; a killed build resumes from its
-finished shards. An index that is already there and sound is left as it is ("cached").
+finished shards. A dense index over at least ``retriever.ray_encode_min_passages`` passages is
+encoded by Ray Data (on the Ray of ``RAY_ADDRESS``, else a Ray of this machine), in shards kept
+across a kill. An index that is already there and sound is left as it is ("cached").
 With ``experiment.index_store=s3://bucket/prefix`` a missing index is downloaded from there when an
 upload of it is complete ("downloaded from s3://..."), and one built (or cached but not yet there)
 is uploaded, so the other machines of a cluster download it instead of building it.
@@ -57,6 +59,7 @@ def build_index_of(cfg: Any) -> bool:
 
     started = time.perf_counter()
     passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
+    _encode_with_ray(cfg, passages)
     origin = ensure_index_origin(cfg.retriever, passages, cfg.experiment.cache_dir, cfg.experiment.index_store)
     where = (f"{cfg.experiment.cache_dir}/indexes/{index_key(cfg.retriever, passages)}" if cfg.retriever.type != "hybrid"
              else "the bm25 and dense indexes it fuses")
@@ -64,6 +67,26 @@ def build_index_of(cfg: Any) -> bool:
     print(f"{cfg.retriever.name} over corpus {cfg.corpus.name} ({len(passages):,} passages): "
           f"{origin.found} in {time.perf_counter() - started:.1f}s -> {where}{uploaded}")
     return origin.built
+
+
+def _encode_with_ray(cfg: Any, passages: Any) -> None:
+    """A big corpus's dense embeddings, encoded by Ray Data (``retriever.ray_encode_min_passages``)
+    on the Ray of ``RAY_ADDRESS``, or a Ray of this machine started here and stopped after."""
+    from slm_ray.retrieval.ray_encode import encode_for_index, wants_ray_data
+
+    if not wants_ray_data(cfg.retriever, passages):
+        return
+    import ray
+
+    from slm_ray.sweeps.engine import QUIET_WORKERS, connect_ray
+
+    started_here = connect_ray(None, dashboard=False)[0]
+    try:
+        encode_for_index(cfg.retriever, passages, cfg.experiment.cache_dir, {"env_vars": dict(QUIET_WORKERS)},
+                         cfg.experiment.index_store)
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ def local_ray() -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
         patch.delenv("RAY_ADDRESS", raising=False)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # address="local": a Ray of its own, never the cluster another job on this machine started
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
             yield ray
         finally:

@@ -29,8 +29,11 @@ log = logging.getLogger("slm_ray.retrieval")
 
 #: Beside an index folder, the work folder of its build (``<key>.partial/``): kept across a kill.
 PARTIAL_SUFFIX = ".partial"
+#: Settings of how an index is built (where its embeddings are encoded) that change neither what it
+#: holds nor its answers.
+BUILD_ONLY_KEYS = frozenset({"ray_encode_min_passages", "ray_encode_shard_size"})
 #: Settings that change how queries run but not what the index holds.
-QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "rerank_factor", "encode_batch_size", "device"})
+QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "rerank_factor", "encode_batch_size", "device"}) | BUILD_ONLY_KEYS
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class BaseRetriever(ABC):
 
 
 #: Keys of a nested retriever's settings (the parts of a hybrid) that change neither its index nor its results.
-NESTED_IGNORED_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
+NESTED_IGNORED_KEYS = frozenset({"k", "name", "encode_batch_size", "device"}) | BUILD_ONLY_KEYS
 
 
 def index_key(retriever_cfg: Any, passages: Sequence[Passage]) -> str:

@@ -97,9 +97,9 @@ class DenseRetriever(BaseRetriever):
         return self._encoder.encode(texts, batch_size=self.config.encode_batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=show_progress).astype("float32")
 
-    def _encode_corpus(self) -> Any:
-        """The corpus's embeddings: shipped with the package for the built-in corpus and the default
-        encoder (``slm_ray.retrieval.prebuilt``), else encoded here."""
+    def _prebuilt(self) -> Any | None:
+        """The embeddings shipped for the built-in corpus and the default encoder
+        (``slm_ray.retrieval.prebuilt``), or None."""
         from slm_ray.data.corpus import corpus_fingerprint
         from slm_ray.retrieval.prebuilt import prebuilt_embeddings
 
@@ -107,8 +107,21 @@ class DenseRetriever(BaseRetriever):
         if found is not None:
             log.info("dense index: %d passages with the embeddings shipped for the built-in corpus", len(found),
                      extra=STEP)
-            return found
-        return self.encode_passages([passage_text(p) for p in self.passages])
+        return found
+
+    def _encode_corpus(self) -> Any:
+        """The corpus's embeddings: the shipped ones (``_prebuilt``), else encoded here."""
+        found = self._prebuilt()
+        return found if found is not None else self.encode_passages([passage_text(p) for p in self.passages])
+
+    def uses_ray_data(self) -> bool:
+        """Whether the corpus is big enough (``retriever.ray_encode_min_passages``) to be encoded by
+        Ray Data into resumable shards; never for a corpus with shipped embeddings."""
+        from slm_ray.data.corpus import corpus_fingerprint
+        from slm_ray.retrieval.prebuilt import prebuilt_embeddings
+
+        return (len(self.passages) >= self.config.ray_encode_min_passages
+                and prebuilt_embeddings(self.config.encoder, self.dtype, corpus_fingerprint(self.passages)) is None)
 
     def encode_passages(self, texts: list[str]) -> Any:
         """Embeddings of ``texts``, in tenths, with one log line per tenth: the slowest step of a
@@ -127,6 +140,19 @@ class DenseRetriever(BaseRetriever):
 
     def build(self) -> None:
         self._set_index(build_index(self.config, self._encode_corpus()))
+
+    def build_into(self, staging: Path, work: Path) -> None:
+        """A big corpus (``uses_ray_data``): its embeddings encoded by Ray Data into shards kept in
+        ``work/embeddings`` across a kill (those already there are not encoded again), then FAISS
+        built over them. Otherwise: encoded in this process, as ``build``."""
+        if not self.uses_ray_data():
+            super().build_into(staging, work)
+            return
+        from slm_ray.retrieval.ray_encode import LazyTexts, encode_shards
+
+        embeddings = encode_shards(self, LazyTexts(self.passages, passage_text), work)
+        self._set_index(build_index(self.config, embeddings))
+        self.save(staging)
 
     def _set_index(self, index: Any) -> None:
         """Keep the index, moved to the GPU when the faiss GPU build and a GPU are present."""

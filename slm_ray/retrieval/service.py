@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.logs import STEP
-from slm_ray.retrieval.base import QUERY_TIME_KEYS, RetrievedPassage
+from slm_ray.retrieval.base import BUILD_ONLY_KEYS, QUERY_TIME_KEYS, RetrievedPassage
 
 log = logging.getLogger("slm_ray.retrieval.service")
 
 #: Settings that change neither the index nor the search results.
-_NOT_RESULT_KEYS = frozenset({"k", "name", "encode_batch_size", "device"})
+_NOT_RESULT_KEYS = frozenset({"k", "name", "encode_batch_size", "device"}) | BUILD_ONLY_KEYS
 #: Query-time settings that do change results (e.g. nprobe of an IVF index).
 _RESULT_QUERY_KEYS = QUERY_TIME_KEYS - _NOT_RESULT_KEYS
 #: Ray options of a retriever actor: a killed actor is restarted (its index is loaded from the

@@ -153,7 +153,7 @@ def _run_on_ray(plan: SweepPlan, pending: list[Trial], run_id: str, base: Path, 
     chosen = dashboard_wanted is not None
     if dashboard_wanted is None:
         dashboard_wanted = dashboard_by_default()
-    started_here, dashboard, session_dir = _connect(address, dashboard_wanted)
+    started_here, dashboard, session_dir = connect_ray(address, dashboard_wanted)
     connect_seconds = round(time.perf_counter() - connect_started, 3)
     local = started_here and not address and not os.environ.get("RAY_ADDRESS")
     reaper = Reaper.start() if local else None  # this Ray's processes go when the driver is killed
@@ -383,7 +383,7 @@ def dashboard_by_default(cpus: int | None = None) -> bool:
     return (cpus if cpus is not None else os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
 
 
-def _connect(address: str | None, dashboard: bool = True) -> tuple[bool, str | None, str | None]:
+def connect_ray(address: str | None, dashboard: bool = True) -> tuple[bool, str | None, str | None]:
     """Connect to ``address`` or start a local Ray; (started here, dashboard URL, the folder of this
     Ray session's logs on the driver's node, where ray.init says)."""
     import ray

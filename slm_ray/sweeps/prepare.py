@@ -3,7 +3,9 @@
 Each is a Ray task holding the CPUs of a whole node (and a GPU for a dense encoder where the
 cluster has one), so an index is encoded with the machine's cores rather than beside running
 trials, and no trial ever waits on a build. A built-in corpus with the default encoder comes with
-its embeddings (``slm_ray.retrieval.prebuilt``), so only BM25's quick build is left for it.
+its embeddings (``slm_ray.retrieval.prebuilt``), so only BM25's quick build is left for it. A corpus
+of at least ``retriever.ray_encode_min_passages`` is encoded first, from the driver, by Ray Data's
+encoder actors (one per GPU, or one with a node's CPUs): its index task then only builds FAISS.
 """
 
 from __future__ import annotations
@@ -73,13 +75,21 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
     has_gpu = any(n.get("GPU", 0) >= 1 for n in nodes)
     runtime = {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}
     jobs: dict[Any, tuple[str, str | None]] = {}
+    failed: dict[str, str] = {}
     for trial in _first_per(pending, lambda t: t.retriever_key):
         cfg = trial.config
+        what = f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}"
+        encodes = cfg.retriever.type in ENCODING_TYPES
+        error = _encode_from_driver(cfg, runtime.get("runtime_env"), echo) if encodes else None
+        if error is not None:
+            echo(f"  FAILED    {what}: {error}")
+            failed[trial.retriever_key] = error
+            continue
         gpus = 1 if has_gpu and cfg.retriever.type in ENCODING_TYPES else 0
         ref = ray.remote(build_index).options(num_cpus=cpus, num_gpus=gpus, max_retries=1, **runtime).remote(
             cfg.retriever.model_dump(by_alias=True), cfg.corpus.model_dump(), cfg.experiment.cache_dir, driver_cwd, cpus,
             cfg.experiment.index_store)
-        jobs[ref] = (f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}", trial.retriever_key)
+        jobs[ref] = (what, trial.retriever_key)
     for trial in _first_per(pending, _model_copy_key):
         cfg = trial.config
         # on a GPU node where the trial will be one: the dtype of the copy is the one the hardware decides
@@ -88,10 +98,9 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
             cfg.model.model_dump(by_alias=True), cfg.experiment.cache_dir, driver_cwd, cpus)
         jobs[ref] = (f"model copy of {cfg.model.name}", None)
     if not jobs:
-        return {"indexes_built": 0, "indexes_cached": 0, "failed": {}}
+        return {"indexes_built": 0, "indexes_cached": 0, "failed": failed}
     echo(f"preparing {len(jobs)} index(es) and model copies, each with {cpus} CPU(s)")
     counts = {"indexes_built": 0, "indexes_cached": 0}
-    failed: dict[str, str] = {}
     waiting = list(jobs)
     while waiting:
         done, waiting = ray.wait(waiting, num_returns=1)
@@ -109,6 +118,27 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
         how = out.get("how") or ("built" if out["built_now"] else "cached")
         echo(f"  prepared  {what}: {how} ({out['seconds']:.1f}s)")
     return {**counts, "failed": failed}
+
+
+def _encode_from_driver(cfg: Any, runtime_env: dict[str, Any] | None, echo: Callable[[str], None]) -> str | None:
+    """Encode a big corpus's dense embeddings with Ray Data from the driver, before the index task:
+    encoder actors started inside that task, which holds all CPUs of a node, would wait for CPUs
+    forever on a one-node cluster. The task then finds every shard and only builds FAISS. Returns
+    the error, if any, in one line."""
+    from slm_ray.data.corpus import load_corpus
+    from slm_ray.retrieval.ray_encode import encode_for_index
+
+    started = time.perf_counter()
+    try:
+        passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
+        encoded = encode_for_index(cfg.retriever, passages, cfg.experiment.cache_dir, runtime_env,
+                                   cfg.experiment.index_store)
+    except Exception as exc:  # one index failing leaves the other trials to run
+        return describe_error(exc)
+    if encoded:
+        echo(f"  encoded   {cfg.corpus.name} for {cfg.retriever.name} with Ray Data "
+             f"({len(passages):,} passages, {time.perf_counter() - started:.1f}s)")
+    return None
 
 
 def _model_copy_key(trial: Trial) -> tuple[str, ...] | None:
