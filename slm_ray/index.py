@@ -8,8 +8,8 @@ Arguments are the Hydra overrides a run or sweep would get (``key=a,b`` builds e
 lands in ``<experiment.cache_dir>/indexes/`` under the key those runs look for, so they only load
 it. A corpus file is streamed into its passage store first; a killed build resumes from its
 finished shards. A dense index over at least ``retriever.ray_encode_min_passages`` passages is
-encoded by Ray Data (on the Ray of ``RAY_ADDRESS``, else a Ray of this machine), in shards kept
-across a kill. An index that is already there and sound is left as it is ("cached").
+encoded by Ray Data, and the shards of a BM25 index that has several are built as parallel Ray
+tasks (on the Ray of ``RAY_ADDRESS``, else a Ray of this machine), kept across a kill. An index that is already there and sound is left as it is ("cached").
 With ``experiment.index_store=s3://bucket/prefix`` a missing index is downloaded from there when an
 upload of it is complete ("downloaded from s3://..."), and one built (or cached but not yet there)
 is uploaded, so the other machines of a cluster download it instead of building it.
@@ -59,7 +59,7 @@ def build_index_of(cfg: Any) -> bool:
 
     started = time.perf_counter()
     passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
-    _encode_with_ray(cfg, passages)
+    _spread_with_ray(cfg, passages)
     origin = ensure_index_origin(cfg.retriever, passages, cfg.experiment.cache_dir, cfg.experiment.index_store)
     where = (f"{cfg.experiment.cache_dir}/indexes/{index_key(cfg.retriever, passages)}" if cfg.retriever.type != "hybrid"
              else "the bm25 and dense indexes it fuses")
@@ -69,24 +69,36 @@ def build_index_of(cfg: Any) -> bool:
     return origin.built
 
 
-def _encode_with_ray(cfg: Any, passages: Any) -> None:
-    """A big corpus's dense embeddings, encoded by Ray Data (``retriever.ray_encode_min_passages``)
-    on the Ray of ``RAY_ADDRESS``, or a Ray of this machine started here and stopped after."""
+def _spread_with_ray(cfg: Any, passages: Any) -> None:
+    """A big index's parts that Ray spreads over the cluster (or this machine's CPUs): a dense
+    corpus's embeddings (``retriever.ray_encode_min_passages``, Ray Data) and a sharded BM25's
+    shards (a task each), on the Ray of ``RAY_ADDRESS``, or a Ray of this machine started here and
+    stopped after. The build then finds them and only builds FAISS or links the shards."""
     from slm_ray.retrieval.ray_encode import encode_for_index, wants_ray_data
+    from slm_ray.retrieval.ray_shards import build_shards_with_ray, wants_ray_shards
 
-    if not wants_ray_data(cfg.retriever, passages):
+    cache_dir = cfg.experiment.cache_dir
+    if not (wants_ray_data(cfg.retriever, passages) or wants_ray_shards(cfg.retriever, passages, cache_dir)):
         return
+    import os
+
     import ray
 
     from slm_ray.sweeps.engine import QUIET_WORKERS, connect_ray
+    from slm_ray.sweeps.reaper import Reaper
 
     started_here = connect_ray(None, dashboard=False)[0]
+    # a Ray of this machine's own goes with this process, even after kill -9 (as a sweep's does)
+    reaper = Reaper.start() if started_here and not os.environ.get("RAY_ADDRESS") else None
+    runtime_env = {"env_vars": dict(QUIET_WORKERS)}
     try:
-        encode_for_index(cfg.retriever, passages, cfg.experiment.cache_dir, {"env_vars": dict(QUIET_WORKERS)},
-                         cfg.experiment.index_store)
+        build_shards_with_ray(cfg.retriever, passages, cache_dir, runtime_env, cfg.experiment.index_store)
+        encode_for_index(cfg.retriever, passages, cache_dir, runtime_env, cfg.experiment.index_store)
     finally:
         if started_here:
             ray.shutdown()
+        if reaper is not None:
+            reaper.done()
 
 
 if __name__ == "__main__":

@@ -109,12 +109,14 @@ def test_the_prepare_stage_encodes_from_the_driver_before_its_task(local_ray, co
     cache = tmp_path / "cache"
     cfg = compose_config(["experiment_mode=retriever_context", "retriever=hybrid", "corpus=file",
                           f"corpus.path={path}", f"experiment.cache_dir={cache}", "tracker=none",
+                          "retriever.bm25.shard_size=60",  # and the BM25 part's 3 shards as Ray tasks
                           *(f"retriever.dense.{k}={v}" for k, v in SETTINGS.items())])
     monkeypatch.setattr(prepare, "_model_copy_key", lambda trial: None)  # indexes only
     lines: list[str] = []
     out = prepare.prepare([Trial(0, "t", {}, (), cfg)], str(tmp_path), None, lines.append)
     assert out == {"indexes_built": 1, "indexes_cached": 0, "failed": {}}, lines
     assert any(line.startswith("  encoded   file for hybrid") for line in lines), lines
+    assert any(line.startswith("  built     3 bm25 shard(s) of file") for line in lines), lines
     dense, built_now = build_or_load(cfg.retriever.dense, load_corpus(cfg.corpus, cache), cache)
     assert not built_now and _answers(dense) == expected
 

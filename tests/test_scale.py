@@ -239,9 +239,11 @@ def test_a_large_file_has_the_same_crc_read_or_mapped(tmp_path: Path, monkeypatc
 # --- slm-ray index: the build as a command of its own -------------------------------------------------
 
 
+@pytest.mark.ray
 def test_slm_ray_index_builds_once_with_progress_and_a_run_only_loads_it(tmp_path: Path) -> None:
-    """The command builds the sharded index where runs look for it (one progress line a shard), says
-    "cached" when run again, and an experiment over the same corpus builds nothing."""
+    """The command builds the sharded index where runs look for it (its shards as Ray tasks on a Ray
+    of its own, one progress line a shard), says "cached" when run again without starting Ray, and an
+    experiment over the same corpus builds nothing."""
     from slm_ray.composition import compose_config
     from slm_ray.data.corpus import load_corpus as load
 
@@ -255,8 +257,9 @@ def test_slm_ray_index_builds_once_with_progress_and_a_run_only_loads_it(tmp_pat
     assert first.stdout.count("built in") == 1 and "(900 passages)" in first.stdout, first.stdout
     progress = [line for line in first.stderr.splitlines() if "bm25 shard" in line]
     assert len(progress) == 3 and "3 of 3 built" in progress[-1] and "min left" in progress[0], first.stderr
+    assert "building 3 of 3 shards as Ray tasks" in first.stderr, first.stderr
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "cached in" in again.stdout and "bm25 shard" not in again.stderr, again.stdout
+    assert again.returncode == 0 and "cached in" in again.stdout and "bm25" not in again.stderr, again.stdout
     cfg = compose_config(args[1:-1])
     assert ensure_index(cfg.retriever, load(cfg.corpus, cache), cache) is False  # what a run finds: built
 

@@ -61,7 +61,12 @@ def _build_shard(retriever: "BM25Retriever", number: int, start: int, stop: int,
     try:
         model.save(str(temporary))
         write_manifest(temporary)
-        os.replace(temporary, partial / _shard_name(number))
+        try:
+            os.replace(temporary, partial / _shard_name(number))
+        except OSError:
+            if not (partial / _shard_name(number)).is_dir():
+                raise
+            shutil.rmtree(temporary, ignore_errors=True)  # another process finished the same shard first
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -111,22 +116,8 @@ class BM25Retriever(BaseRetriever):
         if len(bounds) == 1:
             super().build_into(staging, work)
             return
-        from slm_ray.store.cache_manifest import verify_manifest
-
-        work.mkdir(parents=True, exist_ok=True)
-        for leftover in work.glob(".tmp-*"):  # a shard being written when its process died
-            shutil.rmtree(leftover, ignore_errors=True)
-        reused = 0
-        missing = []
-        for number, (start, stop) in enumerate(bounds):
-            done = work / _shard_name(number)
-            if done.is_dir() and verify_manifest(done) is None:
-                reused += 1
-                continue
-            if done.exists():
-                log.warning("bm25 shard %s failed its check; building it again", done)
-                shutil.rmtree(done)
-            missing.append((number, start, stop))
+        missing = self.missing_shards(work)
+        reused = len(bounds) - len(missing)
         started = time.perf_counter()
         for built, (number, start, stop) in enumerate(missing, start=1):
             _build_shard(self, number, start, stop, work)
@@ -140,6 +131,31 @@ class BM25Retriever(BaseRetriever):
             _link_tree(work / _shard_name(number), staging / SHARDS_FOLDER / _shard_name(number))
         self._write_bounds(staging)
         self.load(staging)
+
+    def missing_shards(self, work: Path, tidy: bool = True) -> list[tuple[int, int, int]]:
+        """``(number, start, stop)`` of the shards ``work`` lacks; a shard that fails its check is
+        removed (built again), and with ``tidy`` (under the index's build lock) so are the folders
+        that killed processes left half-written."""
+        from slm_ray.store.cache_manifest import verify_manifest
+
+        work.mkdir(parents=True, exist_ok=True)
+        for leftover in work.glob(".tmp-*") if tidy else ():  # a shard being written when its process died
+            shutil.rmtree(leftover, ignore_errors=True)
+        missing = []
+        for number, (start, stop) in enumerate(self.bounds):
+            done = work / _shard_name(number)
+            if done.is_dir() and verify_manifest(done) is None:
+                continue
+            if done.exists():
+                log.warning("bm25 shard %s failed its check; building it again", done)
+                shutil.rmtree(done)
+            missing.append((number, start, stop))
+        return missing
+
+    def build_shard(self, number: int, work: Path) -> None:
+        """Shard ``number`` into ``work`` (one of a build's independent parts: ``slm_ray.retrieval.ray_shards``)."""
+        start, stop = self.bounds[number]
+        _build_shard(self, number, start, stop, work)
 
     def save(self, folder: Path) -> None:
         """One shard: the bm25s folder itself (today's layout); several: ``shards/<n>/`` and their bounds."""

@@ -5,7 +5,8 @@ cluster has one), so an index is encoded with the machine's cores rather than be
 trials, and no trial ever waits on a build. A built-in corpus with the default encoder comes with
 its embeddings (``slm_ray.retrieval.prebuilt``), so only BM25's quick build is left for it. A corpus
 of at least ``retriever.ray_encode_min_passages`` is encoded first, from the driver, by Ray Data's
-encoder actors (one per GPU, or one with a node's CPUs): its index task then only builds FAISS.
+encoder actors (one per GPU, or one with a node's CPUs), and a BM25 index of several shards gets a
+task per shard (``ray_shards``): its index task then only builds FAISS or links the shards.
 """
 
 from __future__ import annotations
@@ -79,8 +80,7 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
     for trial in _first_per(pending, lambda t: t.retriever_key):
         cfg = trial.config
         what = f"index for {cfg.retriever.name} over corpus {cfg.corpus.name}"
-        encodes = cfg.retriever.type in ENCODING_TYPES
-        error = _encode_from_driver(cfg, runtime.get("runtime_env"), echo) if encodes else None
+        error = _parts_from_driver(cfg, runtime.get("runtime_env"), echo)
         if error is not None:
             echo(f"  FAILED    {what}: {error}")
             failed[trial.retriever_key] = error
@@ -120,24 +120,30 @@ def prepare(pending: list[Trial], driver_cwd: str, worker_env: dict[str, str] | 
     return {**counts, "failed": failed}
 
 
-def _encode_from_driver(cfg: Any, runtime_env: dict[str, Any] | None, echo: Callable[[str], None]) -> str | None:
-    """Encode a big corpus's dense embeddings with Ray Data from the driver, before the index task:
-    encoder actors started inside that task, which holds all CPUs of a node, would wait for CPUs
-    forever on a one-node cluster. The task then finds every shard and only builds FAISS. Returns
-    the error, if any, in one line."""
+def _parts_from_driver(cfg: Any, runtime_env: dict[str, Any] | None, echo: Callable[[str], None]) -> str | None:
+    """The parts of a big index that Ray spreads, started from the driver before the index task: a
+    dense corpus's embeddings (Ray Data's encoder actors) and a sharded BM25's shards (a task each).
+    Started inside that task, which holds all CPUs of a node, they would wait for CPUs forever on
+    a one-node cluster; the task then finds them all and only builds FAISS or links the shards.
+    Returns the error, if any, in one line."""
     from slm_ray.data.corpus import load_corpus
     from slm_ray.retrieval.ray_encode import encode_for_index
+    from slm_ray.retrieval.ray_shards import build_shards_with_ray
 
     started = time.perf_counter()
     try:
         passages = load_corpus(cfg.corpus, cfg.experiment.cache_dir)
-        encoded = encode_for_index(cfg.retriever, passages, cfg.experiment.cache_dir, runtime_env,
-                                   cfg.experiment.index_store)
+        built = build_shards_with_ray(cfg.retriever, passages, cfg.experiment.cache_dir, runtime_env,
+                                      cfg.experiment.index_store, echo=lambda text: echo(f"  {text}"))
+        encoded = cfg.retriever.type in ENCODING_TYPES and encode_for_index(
+            cfg.retriever, passages, cfg.experiment.cache_dir, runtime_env, cfg.experiment.index_store)
     except Exception as exc:  # one index failing leaves the other trials to run
         return describe_error(exc)
     if encoded:
         echo(f"  encoded   {cfg.corpus.name} for {cfg.retriever.name} with Ray Data "
              f"({len(passages):,} passages, {time.perf_counter() - started:.1f}s)")
+    if built:
+        echo(f"  built     {built} bm25 shard(s) of {cfg.corpus.name} as Ray tasks")
     return None
 
 
