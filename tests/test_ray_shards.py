@@ -54,3 +54,15 @@ def test_shard_tasks_build_the_missing_shards_and_the_index_only_links_them(tmp_
     uninterrupted = build_or_load(config, _passages(1500), tmp_path / "other-cache")[0]
     assert _answers(linked) == _answers(uninterrupted) and len(_answers(linked)) == len(QUERIES)
     assert build_shards_with_ray(config, store, cache) == 0  # cached: nothing to do
+
+
+@pytest.mark.ray
+def test_a_shard_that_cannot_be_built_is_its_own_one_line_error(tmp_path: Path, local_ray) -> None:
+    """The second shard holds only stopwords: the DataError of its task, not Ray's traceback."""
+    from slm_ray.data.base import Passage
+    from slm_ray.errors import DataError
+
+    passages = _passages(300) + [Passage(f"s{i}", "the of and", "") for i in range(300)]
+    with pytest.raises(DataError, match="no passage of the corpus has a word left") as caught:
+        build_shards_with_ray(BM25Config(shard_size=300), passages, tmp_path / "cache", echo=lambda text: None)
+    assert "\n" not in str(caught.value) and "ray::" not in str(caught.value)

@@ -93,7 +93,12 @@ def build_shards_with_ray(retriever_cfg: Any, passages: Sequence[Any], cache_dir
     started = time.perf_counter()
     for built in range(1, len(missing) + 1):
         done, waiting = ray.wait(waiting, num_returns=1)
-        number = ray.get(done[0])
+        try:
+            number = ray.get(done[0])
+        except ray.exceptions.RayTaskError as exc:  # the shard's own error, as one line; the others stop
+            for ref in waiting:
+                ray.cancel(ref)
+            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
         elapsed = time.perf_counter() - started  # the ETA: the mean rate so far, times the shards left
         say(f"bm25 shard {number} indexed: {built} of {len(missing)} built in {elapsed:.0f}s, "
             f"about {elapsed / built * (len(missing) - built) / 60:.0f} min left")
