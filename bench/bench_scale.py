@@ -250,6 +250,7 @@ def step_sweep(work: Path, shard_size: int, n_queries: int) -> dict:
         f"  - corpus.path={work / 'psgs.tsv'}\n  - corpus.name=scale\n  - retriever.shard_size={shard_size}\n"
         f"  - experiment.cache_dir={work / 'cache'}\n  - experiment.output_dir={work / 'outputs'}\n"
         "grid:\n  retriever.k: [3, 5]\n")
+    shutil.rmtree(work / "outputs" / "sweeps" / "scale", ignore_errors=True)  # a rerun runs the trials again
     started = time.perf_counter()
     driver = subprocess.Popen([sys.executable, "-m", "slm_ray", "sweep", str(sweep), "--no-dashboard"], cwd=work,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
