@@ -75,9 +75,12 @@ def missing_shards(shard_dir: Path, n_texts: int, shard_size: int) -> list[int]:
 
 
 class ShardEncoder:
-    """A Ray Data actor: loads the encoder once, then encodes and writes one shard per batch row."""
+    """A Ray Data actor: loads the encoder once, then encodes and writes one shard per batch row. It
+    cuts each shard's texts from ``texts`` itself (a passage store pickles as its folder), so the
+    driver never holds the corpus's texts, nor does Ray's object store."""
 
-    def __init__(self, config: Any, shard_dir: str, threads: int | None = None):
+    def __init__(self, config: Any, shard_dir: str, texts: Sequence[str], shard_size: int,
+                 threads: int | None = None):
         from slm_ray.retrieval.dense import DenseRetriever
 
         if threads:  # torch would use Ray's OMP_NUM_THREADS otherwise, not the CPUs the actor holds
@@ -86,12 +89,14 @@ class ShardEncoder:
             torch.set_num_threads(threads)
         self.retriever = DenseRetriever(config, [])  # the in-process encoder: same model, batch size, dtype
         self.shard_dir = Path(shard_dir)
+        self.texts, self.shard_size = texts, shard_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        for shard, texts in zip(batch["shard"], batch["texts"]):
-            _save_shard(shard_path(self.shard_dir, int(shard)), self.retriever.encode(list(texts)))
+        for shard in (int(number) for number in batch["shard"]):
+            texts = list(self.texts[shard * self.shard_size:(shard + 1) * self.shard_size])
+            _save_shard(shard_path(self.shard_dir, shard), self.retriever.encode(texts))
         return {"shard": np.asarray(batch["shard"])}
 
 
@@ -118,12 +123,14 @@ def _inside_ray_worker() -> bool:
 
 def encode_with_ray_data(config: Any, texts: Sequence[str], shard_dir: Path, shard_size: int = 10_000,
                          concurrency: int | None = None, num_gpus: float | None = None,
-                         num_cpus: float | None = None, runtime_env: dict[str, Any] | None = None) -> Any:
+                         num_cpus: float | None = None, runtime_env: dict[str, Any] | None = None,
+                         load: bool = True) -> Any:
     """Embeddings of ``texts`` (float32, normalised), computed by a Ray Data actor pool and kept as
     shards of ``shard_size`` under ``shard_dir``; shards already there are not encoded again.
     ``concurrency`` (actors) defaults to the cluster's GPUs, else 1; ``num_gpus`` per actor to 1
     when the cluster has GPUs; ``num_cpus`` per actor (also torch's threads) to Ray's default.
-    Ray must be initialised (or is started locally by Ray Data)."""
+    Ray must be initialised (or is started locally by Ray Data). ``load=False``: only the shards
+    (a driver that encodes for a build elsewhere need not hold 21M x 384 floats); returns None."""
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     _use_layout(shard_dir, len(texts), shard_size)
@@ -133,7 +140,7 @@ def encode_with_ray_data(config: Any, texts: Sequence[str], shard_dir: Path, sha
         log.info("dense index: %d of %d embedding shards to encode with Ray Data", len(missing), total, extra=STEP)
         _run_pool(config, texts, shard_dir, shard_size, missing, concurrency=concurrency, num_gpus=num_gpus,
                   num_cpus=num_cpus, runtime_env=runtime_env)
-    return load_shards(shard_dir, total)
+    return load_shards(shard_dir, total) if load else None
 
 
 def _run_pool(config: Any, texts: Sequence[str], shard_dir: Path, shard_size: int, missing: list[int], *,
@@ -152,10 +159,9 @@ def _run_pool(config: Any, texts: Sequence[str], shard_dir: Path, shard_size: in
     if runtime_env:
         remote_args["runtime_env"] = runtime_env
     ray.data.DataContext.get_current().enable_progress_bars = False  # the log lines below say it
-    rows = [{"shard": i, "texts": list(texts[i * shard_size:(i + 1) * shard_size])} for i in missing]
-    dataset = ray.data.from_items(rows).map_batches(
-        ShardEncoder, fn_constructor_kwargs={"config": config, "shard_dir": str(shard_dir),
-                                             "threads": int(num_cpus) if num_cpus else None},
+    dataset = ray.data.from_items([{"shard": i} for i in missing]).map_batches(
+        ShardEncoder, fn_constructor_kwargs={"config": config, "shard_dir": str(shard_dir), "texts": texts,
+                                             "shard_size": shard_size, "threads": int(num_cpus) if num_cpus else None},
         batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency), **remote_args)
     done: list[int] = []
     started = time.perf_counter()
@@ -240,7 +246,7 @@ def encode_for_index(retriever_cfg: Any, passages: Sequence[Any], cache_dir: str
         return False  # uploaded by another machine: downloaded by the build, not encoded again
     shard_dir = folder.with_name(folder.name + PARTIAL_SUFFIX) / EMBEDDINGS_FOLDER
     encode_with_ray_data(config, LazyTexts(passages, passage_text), shard_dir, config.ray_encode_shard_size,
-                         runtime_env=runtime_env, **encoder_resources())
+                         runtime_env=runtime_env, load=False, **encoder_resources())
     return True
 
 
