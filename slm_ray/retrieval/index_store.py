@@ -115,6 +115,13 @@ class IndexStore:
         return self.folder(key)
 
 
+def holds_complete(index_store: str | None, key: str) -> bool:
+    """Whether ``index_store`` (the setting; None: no store) holds a complete upload of index ``key``:
+    its build downloads it, so nothing of it is made from the driver first."""
+    store = IndexStore.of(index_store)
+    return store is not None and store.marker(key) is not None
+
+
 def _read_marker(client: Any, bucket: str, object_key: str) -> dict[str, Any] | None:
     """The parsed marker, None when absent or not one of ours; other errors go to ``s3_errors``."""
     from botocore.exceptions import ClientError

@@ -239,10 +239,9 @@ def encode_for_index(retriever_cfg: Any, passages: Sequence[Any], cache_dir: str
         # Cached. Not verified here (a CRC of GBs): the build checks it, and re-encodes an unsound
         # entry in its own process (``encode_shards``).
         return False
-    from slm_ray.retrieval.index_store import IndexStore
+    from slm_ray.retrieval.index_store import holds_complete
 
-    store = IndexStore.of(index_store)
-    if store is not None and store.marker(folder.name) is not None:
+    if holds_complete(index_store, folder.name):
         return False  # uploaded by another machine: downloaded by the build, not encoded again
     shard_dir = folder.with_name(folder.name + PARTIAL_SUFFIX) / EMBEDDINGS_FOLDER
     encode_with_ray_data(config, LazyTexts(passages, passage_text), shard_dir, config.ray_encode_shard_size,

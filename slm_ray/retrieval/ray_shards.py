@@ -67,13 +67,14 @@ def build_shards_with_ray(retriever_cfg: Any, passages: Sequence[Any], cache_dir
 
     from slm_ray.retrieval.base import PARTIAL_SUFFIX, index_key
     from slm_ray.retrieval.bm25 import BM25Retriever
+    from slm_ray.retrieval.index_store import holds_complete
 
     if not wants_ray_shards(retriever_cfg, passages, cache_dir):
         return 0
     config = bm25_part(retriever_cfg)
     retriever = BM25Retriever(config, passages)
     folder = Path(cache_dir) / "indexes" / index_key(config, passages)
-    if _in_store(index_store, folder.name):
+    if holds_complete(index_store, folder.name):
         return 0
     work = folder.with_name(folder.name + PARTIAL_SUFFIX)
     missing = retriever.missing_shards(work, tidy=False)  # tidying is the locked build's: another may be writing
@@ -113,11 +114,3 @@ def _memory_request(passages: int) -> int:
     offered = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     wanted = passages * BUILD_BYTES_PER_PASSAGE
     return int(min(wanted, offered)) if offered else wanted
-
-
-def _in_store(index_store: str | None, key: str) -> bool:
-    """Whether ``index_store`` holds a complete upload of ``key`` (then the build downloads it)."""
-    from slm_ray.retrieval.index_store import IndexStore
-
-    store = IndexStore.of(index_store)
-    return store is not None and store.marker(key) is not None
