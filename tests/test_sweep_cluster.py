@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from slm_ray.sweeps.engine import run_sweep
 from slm_ray.sweeps.spec import load_sweep
@@ -44,39 +44,16 @@ max_concurrent_trials: 2
     return sweep
 
 
-class _TrialActorWatch:
-    """Lists Tune's trial actors through Ray's state API while the sweep runs (a finished job's
-    actors may be gone from the actor table by the time it returns): actor id -> bundles held."""
+def _state_of(actor_ids: set[str], group_ids: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What Ray's state API shows of the given actors and placement groups, looked up by id (Ray keeps
+    dead actors and removed placement groups in its tables while the cluster lives)."""
+    from ray.util.state import list_actors, list_placement_groups
 
-    def __init__(self, address: str):
-        self.address = address
-        self.bundles: dict[str, list[dict[str, float]]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        from ray.util.state import list_actors, list_placement_groups
-
-        while not self._stop.wait(0.5):
-            try:
-                actors = [a for a in list_actors(address=self.address, detail=True, limit=10_000, raise_on_missing_output=False)
-                          if a.class_name == "ImplicitFunc" and a.placement_group_id and a.actor_id not in self.bundles]
-                if actors:
-                    groups = {pg.placement_group_id: pg.bundles
-                              for pg in list_placement_groups(address=self.address, detail=True, limit=10_000)}
-                    for actor in actors:
-                        if actor.placement_group_id in groups:
-                            self.bundles[actor.actor_id] = [b["unit_resources"] for b in groups[actor.placement_group_id]]
-            except Exception:  # noqa: BLE001 - the state API can time out on a busy machine: poll again
-                continue
-
-    def __enter__(self) -> "_TrialActorWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    actors = {actor_id: list_actors(filters=[("actor_id", "=", actor_id)], detail=True) for actor_id in actor_ids}
+    groups = {group_id: list_placement_groups(filters=[("placement_group_id", "=", group_id)], detail=True)
+              for group_id in group_ids}
+    assert all(len(rows) == 1 for rows in [*actors.values(), *groups.values()]), (actors, groups)
+    return {k: rows[0] for k, rows in actors.items()}, {k: rows[0] for k, rows in groups.items()}
 
 
 def _mtimes(folder: Path) -> dict[str, float]:
@@ -96,8 +73,7 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
 
     started = time.perf_counter()
     started_ms = time.time() * 1000
-    with _TrialActorWatch(two_node_cluster.address) as watch:
-        run_sweep(plan, address=two_node_cluster.address)
+    run_sweep(plan, address=two_node_cluster.address)
     first_wall = time.perf_counter() - started
     sweep_dir = sweep_env / "outputs" / "sweeps" / "cluster"
     summary = json.loads((sweep_dir / "summary.json").read_text())
@@ -133,11 +109,17 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
               if t.func_or_class_name == "build_index" and (t.creation_time_ms or 0) >= started_ms]
     assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
     # each trial ran in one of Tune's trial actors, holding the sweep's resources: as the trial's
-    # runtime context told it (trial.json), and as Ray's state API listed the actors while they ran
+    # runtime context told it (trial.json), and as Ray's state API shows those actors and their
+    # placement groups
     records = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text()) for name in status}
     assert all(r["resources"] == {"CPU": 1.0, "GPU": 0.5} for r in records.values()), records
-    assert {r["actor_id"] for r in records.values()} <= set(watch.bundles), (records, watch.bundles)
-    assert all(watch.bundles[r["actor_id"]] == [{"CPU": 1.0, "GPU": 0.5}] for r in records.values()), watch.bundles
+    actor_state, group_state = _state_of({r["actor_id"] for r in records.values()},
+                                         {r["placement_group_id"] for r in records.values()})
+    for name, record in records.items():
+        actor = actor_state[record["actor_id"]]
+        assert actor.placement_group_id == record["placement_group_id"] and actor.pid == record["pid"], (name, actor)
+        bundles = [b["unit_resources"] for b in group_state[record["placement_group_id"]].bundles]
+        assert bundles == [{"CPU": 1.0, "GPU": 0.5}], (name, bundles)
     # trials of the same model reuse an actor: fewer actors than trials
     assert len({r["actor_id"] for r in records.values()}) < len(records)
     # the summary and its plots are there

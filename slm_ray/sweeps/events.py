@@ -73,6 +73,7 @@ class TrialEvents(Callback):
             actor = f"generator-{result.get('pid')}"
             self._record(name, status="running", actor=actor, node_id=result.get("node_id"),
                          pid=result.get("pid"), actor_id=result.get("actor_id"),
+                         placement_group_id=result.get("placement_group_id"),
                          resources=result.get("trial_resources"), mirrored=result.get("mirrored"))
             if name not in self.started and display.ACTIVE is not None:
                 display.ACTIVE.trial_started()

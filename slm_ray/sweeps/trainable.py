@@ -90,9 +90,10 @@ def run_trial(config: dict[str, Any], seeds: dict[str, dict[str, str]] | None = 
     if mirror:
         _merge_seed(out, (seeds or {}).get(config["name"]) or {})
     loads_before = sum(_HELD["loads"].values())
-    where = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-             "actor_id": ray.get_runtime_context().get_actor_id(), "mirrored": mirror,
-             "trial_resources": ray.get_runtime_context().get_assigned_resources()}  # what Tune gave this trial
+    context = ray.get_runtime_context()  # where Tune placed this trial and what it gave it
+    where = {"pid": os.getpid(), "node_id": context.get_node_id(), "actor_id": context.get_actor_id(),
+             "placement_group_id": context.get_placement_group_id(), "mirrored": mirror,
+             "trial_resources": context.get_assigned_resources()}
     tune.report({**STARTED, **where, "status": "started"})
     retriever = RetrieverClient(config["retriever_actor"], config["namespace"]) if config["retriever_actor"] else None
     progress = _Progress(out, mirror)
