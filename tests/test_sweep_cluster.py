@@ -44,13 +44,14 @@ max_concurrent_trials: 2
     return sweep
 
 
-def _state_of(actor_ids: set[str], group_ids: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _state_of(address: str, actor_ids: set[str], group_ids: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """What Ray's state API shows of the given actors and placement groups, looked up by id (Ray keeps
     dead actors and removed placement groups in its tables while the cluster lives)."""
     from ray.util.state import list_actors, list_placement_groups
 
-    actors = {actor_id: list_actors(filters=[("actor_id", "=", actor_id)], detail=True) for actor_id in actor_ids}
-    groups = {group_id: list_placement_groups(filters=[("placement_group_id", "=", group_id)], detail=True)
+    actors = {actor_id: list_actors(address, filters=[("actor_id", "=", actor_id)], detail=True)
+              for actor_id in actor_ids}
+    groups = {group_id: list_placement_groups(address, filters=[("placement_group_id", "=", group_id)], detail=True)
               for group_id in group_ids}
     assert all(len(rows) == 1 for rows in [*actors.values(), *groups.values()]), (actors, groups)
     return {k: rows[0] for k, rows in actors.items()}, {k: rows[0] for k, rows in groups.items()}
@@ -105,7 +106,7 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
     from ray.util.state import list_tasks
 
     assert all(a["index_built_now"] is False for a in actors), actors
-    builds = [t for t in list_tasks(detail=True, limit=10_000)  # this sweep's, not an earlier test's
+    builds = [t for t in list_tasks(two_node_cluster.address, detail=True, limit=10_000)  # this sweep's, not an earlier test's
               if t.func_or_class_name == "build_index" and (t.creation_time_ms or 0) >= started_ms]
     assert len(builds) == 2 and all(t.required_resources.get("CPU") == 2.0 for t in builds), builds
     # each trial ran in one of Tune's trial actors, holding the sweep's resources: as the trial's
@@ -113,7 +114,7 @@ def test_sweep_on_two_node_cluster(two_node_cluster, sweep_env: Path, small_corp
     # placement groups
     records = {name: json.loads((sweep_dir / "trials" / name / "trial.json").read_text()) for name in status}
     assert all(r["resources"] == {"CPU": 1.0, "GPU": 0.5} for r in records.values()), records
-    actor_state, group_state = _state_of({r["actor_id"] for r in records.values()},
+    actor_state, group_state = _state_of(two_node_cluster.address, {r["actor_id"] for r in records.values()},
                                          {r["placement_group_id"] for r in records.values()})
     for name, record in records.items():
         actor = actor_state[record["actor_id"]]
