@@ -25,6 +25,8 @@ log = logging.getLogger("slm_ray.retrieval")
 #: (bench/bench_scale.py), rounded up. Ray's ``memory`` resource keeps a node from starting more
 #: shard builds than it holds.
 BUILD_BYTES_PER_PASSAGE = 8 * 1024
+#: Seconds to wait for the other shard tasks to be cancelled once one has failed.
+CANCEL_WAIT_S = 30.0
 
 
 def bm25_part(retriever_cfg: Any) -> Any | None:
@@ -99,6 +101,10 @@ def build_shards_with_ray(retriever_cfg: Any, passages: Sequence[Any], cache_dir
         except ray.exceptions.RayTaskError as exc:  # the shard's own error, as one line; the others stop
             for ref in waiting:
                 ray.cancel(ref)
+            # until the cancellations are answered: a Ray shut down with one in flight ends this
+            # process as the answer comes in ("The core worker has already been shutdown")
+            if waiting:
+                ray.wait(waiting, num_returns=len(waiting), timeout=CANCEL_WAIT_S)
             raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
         elapsed = time.perf_counter() - started  # the ETA: the mean rate so far, times the shards left
         say(f"bm25 shard {number} indexed: {built} of {len(missing)} built in {elapsed:.0f}s, "
