@@ -69,6 +69,29 @@ def _service(tmp_path: Path, corpus: Path, cache: Path) -> RetrieverService:
                             str(cache), str(tmp_path), memory_interval_s=0.05)
 
 
+def test_the_reaper_stops_a_dead_drivers_processes_and_their_children_even_one_that_ignores_sigterm() -> None:
+    """What the watcher of a sweep's local Ray does once the driver is gone (``reaper.reap``), on real
+    processes: a parent that ignores SIGTERM (SIGKILL after the grace period), and the child it
+    started after the watcher's last snapshot."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from slm_ray.sweeps.reaper import reap
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, subprocess, sys, time; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                                 "print('up', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "up\n"
+    parent = psutil.Process(stubborn.pid)
+    child = parent.children()[0]  # not in the snapshot below: found at reap time
+    assert reap({parent.pid: parent}, grace_s=1.0) == 2
+    assert parent.returncode == -9  # psutil's wait reaped it: SIGTERM was ignored, SIGKILL ended it
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
 def test_retriever_service_memoises_and_caches_on_disk(tmp_path: Path, small_corpus: Path) -> None:
     cache = tmp_path / "cache"
     queries = ["who wrote the song", "where is the capital", "who wrote the song"]

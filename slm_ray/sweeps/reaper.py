@@ -20,7 +20,10 @@ import select
 import signal
 import subprocess
 import sys
-from typing import IO, Any
+from contextlib import suppress
+from typing import IO
+
+import psutil
 
 DONE = b"done\n"
 SNAPSHOT_EVERY_S = 1.0
@@ -52,74 +55,45 @@ class Reaper:
             self.process.kill()
 
 
-def _tree(root: Any, me: int) -> dict[int, float]:
-    """pid -> create time of every process under ``root`` (but this watcher)."""
-    import psutil
-
-    found = {}
+def _descendants(driver: psutil.Process, me: int) -> dict[int, psutil.Process]:
+    """Every process under the driver but this watcher (psutil remembers each one's start time, so a
+    reused pid is never signalled)."""
     try:
-        for child in root.children(recursive=True):
-            if child.pid != me:
-                try:
-                    found[child.pid] = child.create_time()
-                except psutil.Error:
-                    continue
+        return {child.pid: child for child in driver.children(recursive=True) if child.pid != me}
     except psutil.Error:
-        pass
-    return found
+        return {}
 
 
-def _alive(known: dict[int, float]) -> list[Any]:
-    """The processes of ``known`` that still run (same pid *and* start time), with their children."""
-    import psutil
-
-    alive: dict[int, Any] = {}
-    for pid, created in known.items():
-        try:
-            process = psutil.Process(pid)
-            if abs(process.create_time() - created) > 0.01:
-                continue  # the pid was reused by another process
-            alive[pid] = process
-            for child in process.children(recursive=True):
-                alive.setdefault(child.pid, child)
-        except psutil.Error:
-            continue
-    return list(alive.values())
-
-
-def reap(known: dict[int, float], grace_s: float = GRACE_S) -> int:
-    """SIGTERM, then SIGKILL, what is left of ``known``; the number of processes stopped."""
-    import psutil
-
-    survivors = _alive(known)
-    for process in survivors:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            continue
-    _, still = psutil.wait_procs(survivors, timeout=grace_s)
+def reap(known: dict[int, psutil.Process], grace_s: float = GRACE_S) -> int:
+    """SIGTERM, then SIGKILL, what still runs of ``known`` and their children; the number stopped."""
+    alive: dict[int, psutil.Process] = {}
+    for process in known.values():
+        with suppress(psutil.Error):
+            if process.is_running():
+                alive[process.pid] = process
+                alive.update({child.pid: child for child in process.children(recursive=True)})
+    for process in alive.values():
+        with suppress(psutil.Error):
+            process.terminate()
+    _, still = psutil.wait_procs(list(alive.values()), timeout=grace_s)
     for process in still:
-        try:
+        with suppress(psutil.Error):
             process.kill()
-        except psutil.Error:
-            continue
     psutil.wait_procs(still, timeout=grace_s)
-    return len(survivors)
+    return len(alive)
 
 
 def watch(driver_pid: int, pipe: IO[bytes]) -> int:
     """Follow the driver's tree until the pipe closes; reap it unless the driver said it was done."""
-    import psutil
-
     try:
         driver = psutil.Process(driver_pid)
     except psutil.Error:
         return 0
     me = os.getpid()
-    known: dict[int, float] = {}
+    known: dict[int, psutil.Process] = {}
     received = b""
     while True:
-        known.update(_tree(driver, me))
+        known.update(_descendants(driver, me))
         ready, _, _ = select.select([pipe], [], [], SNAPSHOT_EVERY_S)
         if ready:
             chunk = os.read(pipe.fileno(), 64)
