@@ -32,7 +32,7 @@ def test_shard_tasks_build_the_missing_shards_and_the_index_only_links_them(tmp_
     folder = cache / "indexes" / index_key(config, store)
     partial = folder.with_name(folder.name + ".partial")
     assert sorted(p.name for p in partial.iterdir()) == [f"{n:05d}" for n in range(5)]
-    assert "5 of 5 built" in lines[-1] and "min left" in lines[1], lines
+    assert "5 of 5 built" in lines[-1] and "left" in lines[1], lines
 
     shutil.rmtree(partial / "00003")  # as a killed run leaves it: one shard missing
     kept = {p.name: (p / "data.csc.index.npy").stat().st_ino for p in partial.iterdir()}

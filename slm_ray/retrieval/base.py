@@ -36,6 +36,16 @@ BUILD_ONLY_KEYS = frozenset({"ray_encode_min_passages", "ray_encode_shard_size"}
 QUERY_TIME_KEYS = frozenset({"k", "name", "nprobe", "rerank_factor", "encode_batch_size", "device"}) | BUILD_ONLY_KEYS
 
 
+
+def shards_done_text(done: int, total: int, started: float) -> str:
+    """``3 of 10 built in 00:42, about 01:38 left``: a shard build's progress, the time left being the
+    mean shard so far times the shards left (``started``: a ``time.perf_counter()`` reading)."""
+    from tqdm import tqdm
+
+    elapsed = time.perf_counter() - started
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{done} of {total} built in {tqdm.format_interval(elapsed)}, about {tqdm.format_interval(left)} left"
+
 @dataclass(frozen=True)
 class RetrievedPassage:
     passage: Passage

@@ -32,7 +32,7 @@ from typing import Any
 
 from slm_ray.data.base import Passage
 from slm_ray.logs import STEP
-from slm_ray.retrieval.base import BaseRetriever, passage_text
+from slm_ray.retrieval.base import BaseRetriever, passage_text, shards_done_text
 from slm_ray.retrieval.bm25_shard import bm25s_module
 
 log = logging.getLogger("slm_ray.retrieval")
@@ -121,10 +121,8 @@ class BM25Retriever(BaseRetriever):
         started = time.perf_counter()
         for built, (number, start, stop) in enumerate(missing, start=1):
             _build_shard(self, number, start, stop, work)
-            elapsed = time.perf_counter() - started  # the ETA: the mean shard so far, times those left
-            log.info("bm25 shard %d (passages %d-%d) indexed: %d of %d built in %.0fs, about %.0f min left", number,
-                     start, stop, built, len(missing), elapsed, elapsed / built * (len(missing) - built) / 60,
-                     extra=STEP)
+            log.info("bm25 shard %d (passages %d-%d) indexed: %s", number, start, stop,
+                     shards_done_text(built, len(missing), started), extra=STEP)
         if reused:
             log.info("bm25: %d of %d shards kept from an interrupted build in %s", reused, len(bounds), work)
         for number in range(len(bounds)):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_ray.logs import STEP
+from slm_ray.retrieval.base import shards_done_text
 
 log = logging.getLogger("slm_ray.retrieval")
 
@@ -167,9 +168,8 @@ def _run_pool(config: Any, texts: Sequence[str], shard_dir: Path, shard_size: in
     started = time.perf_counter()
     for row in dataset.iter_rows():
         done.append(int(np.asarray(row["shard"]).item()))
-        elapsed = time.perf_counter() - started  # the ETA: the mean shard so far, times those left
-        log.info("dense index: embedding shard %d encoded: %d of %d in %.0fs, about %.1f min left", done[-1],
-                 len(done), len(missing), elapsed, elapsed / len(done) * (len(missing) - len(done)) / 60, extra=STEP)
+        log.info("dense index: embedding shard %d encoded: %s", done[-1],
+                 shards_done_text(len(done), len(missing), started), extra=STEP)
     if sorted(done) != missing:
         raise RuntimeError(f"Ray Data encoded shards {sorted(done)}, expected {missing}")
 
@@ -184,9 +184,8 @@ def encode_in_process(retriever: Any, texts: Sequence[str], shard_dir: Path, sha
     for count, shard in enumerate(missing, start=1):
         rows = texts[shard * shard_size:(shard + 1) * shard_size]
         _save_shard(shard_path(shard_dir, shard), retriever.encode(list(rows)))
-        elapsed = time.perf_counter() - started
-        log.info("dense index: embedding shard %d encoded in this process: %d of %d in %.0fs, about %.1f min left",
-                 shard, count, len(missing), elapsed, elapsed / count * (len(missing) - count) / 60, extra=STEP)
+        log.info("dense index: embedding shard %d encoded in this process: %s", shard,
+                 shards_done_text(count, len(missing), started), extra=STEP)
     return load_shards(shard_dir, -(-len(texts) // shard_size))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from slm_ray.logs import STEP
+from slm_ray.retrieval.base import shards_done_text
 
 log = logging.getLogger("slm_ray.retrieval")
 
@@ -106,9 +107,7 @@ def build_shards_with_ray(retriever_cfg: Any, passages: Sequence[Any], cache_dir
             if waiting:
                 ray.wait(waiting, num_returns=len(waiting), timeout=CANCEL_WAIT_S)
             raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
-        elapsed = time.perf_counter() - started  # the ETA: the mean rate so far, times the shards left
-        say(f"bm25 shard {number} indexed: {built} of {len(missing)} built in {elapsed:.0f}s, "
-            f"about {elapsed / built * (len(missing) - built) / 60:.0f} min left")
+        say(f"bm25 shard {number} indexed: {shards_done_text(built, len(missing), started)}")
     return len(missing)
 
 
