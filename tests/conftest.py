@@ -38,6 +38,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         shutil.rmtree(private, ignore_errors=True)
 
+
+@pytest.fixture(autouse=True)
+def _working_directory_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts in the folder the last one started in: an actor's body run in this process
+    (a ``RetrieverService`` in a unit test) enters the driver's project folder, a test's tmp_path, and
+    later tests would otherwise resolve relative paths there, or fail once that folder is removed."""
+    monkeypatch.chdir(os.getcwd())
+
+
 # --- S3: a real S3 endpoint (moto's server on localhost) for slm_ray.data.storage -----------------
 
 S3_TEST_KEY = "testing"  # fake credentials: moto accepts any, and a real endpoint would refuse them
